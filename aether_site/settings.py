@@ -1,0 +1,245 @@
+"""Aether settings, read from the environment (see README "Configuration").
+
+Two profiles, chosen by ``AETHER_ENV``: ``development`` (the default: embedded mode, SQLite unless
+``DATABASE_URL`` says otherwise, no Redis unless ``REDIS_URL`` is set) and ``production`` (refuses to start
+with any insecure value; see ``aether_site/security.py``).
+"""
+
+from pathlib import Path
+
+import dj_database_url
+from csp.constants import NONE, SELF
+
+from aether_site.env import Env, SettingsError
+from aether_site.security import load_or_create_development_key, production_problems
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = BASE_DIR / "var"
+
+env = Env()
+
+AETHER_ENV = env.choice("AETHER_ENV", "development", ("development", "production"))
+PRODUCTION = AETHER_ENV == "production"
+
+DEBUG = env.bool("DEBUG", default=not PRODUCTION)
+
+_DEVELOPMENT_KEY_PATH = VAR_DIR / "dev-secret-key"
+SECRET_KEY = env.str("SECRET_KEY")
+if SECRET_KEY is None and not PRODUCTION:
+    SECRET_KEY = load_or_create_development_key(_DEVELOPMENT_KEY_PATH)
+
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", [] if PRODUCTION else ["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_prometheus",
+    "simple_history",
+    "accounts",
+    "governance",
+    "trading",
+    "risk",
+    "hedging",
+    "learning",
+    "reporting",
+]
+
+MIDDLEWARE = [
+    # Probes and scrapes are answered first, before host validation and the HTTPS redirect: Kubernetes
+    # probes and Prometheus address the pod by IP over plain HTTP.
+    "aether_site.health.ProbeMiddleware",
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
+    "simple_history.middleware.HistoryRequestMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
+]
+
+ROOT_URLCONF = "aether_site.urls"
+WSGI_APPLICATION = "aether_site.wsgi.application"
+ASGI_APPLICATION = "aether_site.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "aether_site.context_processors.environment",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------------------------------------
+
+_PROMETHEUS_ENGINES = {
+    "django.db.backends.postgresql": "django_prometheus.db.backends.postgresql",
+    "django.db.backends.sqlite3": "django_prometheus.db.backends.sqlite3",
+}
+
+
+def _database_from_url(url: str) -> dict:
+    from aether_site.redaction import redact_url
+
+    try:
+        config = dj_database_url.parse(url, conn_max_age=env.int("DATABASE_CONN_MAX_AGE", 60, minimum=0))
+    except Exception as exc:  # dj-database-url raises several types for malformed URLs
+        raise SettingsError(f"DATABASE_URL={redact_url(url)}: not a valid database URL ({exc}).") from None
+    engine = config.get("ENGINE")
+    if engine not in _PROMETHEUS_ENGINES:
+        raise SettingsError(
+            f"DATABASE_URL={redact_url(url)}: only PostgreSQL (postgres://) and SQLite (sqlite://) "
+            "are supported."
+        )
+    config["ENGINE"] = _PROMETHEUS_ENGINES[engine]
+    options = config.setdefault("OPTIONS", {})
+    if engine.endswith("postgresql"):
+        options.setdefault("connect_timeout", env.int("DATABASE_CONNECT_TIMEOUT", 5, minimum=1))
+    else:
+        # Writers queue instead of failing half-way; WAL lets readers run beside one writer.
+        config["CONN_MAX_AGE"] = 0
+        options.setdefault("transaction_mode", "IMMEDIATE")
+        options.setdefault("timeout", 20)
+        options.setdefault("init_command", "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL")
+    return config
+
+
+DATABASE_URL = env.str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'aether.sqlite3'}")
+DATABASES = {"default": _database_from_url(DATABASE_URL)}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Redis (unset: embedded mode, no Redis used anywhere) ------------------------------------------------
+
+REDIS_URL = env.str("REDIS_URL")
+if REDIS_URL is not None and not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
+    raise SettingsError(
+        f"REDIS_URL: expected a redis://, rediss:// or unix:// URL, got {REDIS_URL.split(':')[0]}:…"
+    )
+REDIS_TIMEOUT_SECONDS = env.int("REDIS_TIMEOUT_SECONDS", 2, minimum=1)
+
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "OPTIONS": {
+                "socket_connect_timeout": REDIS_TIMEOUT_SECONDS,
+                "socket_timeout": REDIS_TIMEOUT_SECONDS,
+            },
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+# --- Auth -----------------------------------------------------------------------------------------------
+
+AUTH_USER_MODEL = "accounts.User"
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 12}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "admin:login"
+
+# --- HTTPS and browser protections -------------------------------------------------------------------------
+
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", PRODUCTION)
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", PRODUCTION)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", PRODUCTION)
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", 31_536_000 if PRODUCTION else 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", PRODUCTION)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", PRODUCTION)
+if env.bool("AETHER_BEHIND_TLS_PROXY", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+
+_CSP = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        # The Django admin sets a few inline style attributes; scripts stay strictly same-origin.
+        "style-src": [SELF, "'unsafe-inline'"],
+        "img-src": [SELF, "data:"],
+        "font-src": [SELF],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    }
+}
+if env.bool("CSP_REPORT_ONLY", False):
+    CONTENT_SECURITY_POLICY = None
+    CONTENT_SECURITY_POLICY_REPORT_ONLY = _CSP
+else:
+    CONTENT_SECURITY_POLICY = _CSP
+
+# --- Static files, i18n ------------------------------------------------------------------------------------
+
+STATIC_URL = "static/"
+# Production serves collected files (collectstatic into STATIC_ROOT); development serves them from the apps.
+STATIC_ROOT = env.str("STATIC_ROOT", str(VAR_DIR / "static") if PRODUCTION else None)
+WHITENOISE_USE_FINDERS = not PRODUCTION
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": (
+            "whitenoise.storage.CompressedManifestStaticFilesStorage"
+            if PRODUCTION
+            else "django.contrib.staticfiles.storage.StaticFilesStorage"
+        )
+    },
+}
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+# --- History, logging -------------------------------------------------------------------------------------
+
+# Reverting from a history page would write around the services and their audit events.
+SIMPLE_HISTORY_REVERT_DISABLED = True
+
+LOG_LEVEL = env.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper()
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+}
+
+# --- Production refusals (last, over the final values) ---------------------------------------------------
+
+if PRODUCTION:
+    _problems = production_problems(
+        globals(),
+        development_key=(
+            _DEVELOPMENT_KEY_PATH.read_text(encoding="utf-8").strip()
+            if _DEVELOPMENT_KEY_PATH.exists()
+            else None
+        ),
+    )
+    if _problems:
+        raise SettingsError("AETHER_ENV=production refuses to start: " + " ".join(_problems))
