@@ -1,0 +1,169 @@
+from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
+from django.contrib.auth.admin import UserAdmin
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import HttpResponseRedirect
+from django.shortcuts import redirect
+from simple_history.admin import SimpleHistoryAdmin
+
+from accounts import services
+from accounts.admin_scoping import AccountScopedAdminMixin
+from accounts.models import Account, Membership, User
+from accounts.selectors import user_can
+
+
+class ScopedHistoryAdmin(AccountScopedAdminMixin, SimpleHistoryAdmin):
+    """History pages are read-only: a revert would write around the services and the audit trail."""
+
+    def history_view(self, request, object_id, extra_context=None):
+        if not request.user.is_superuser:
+            self.get_object(request, unquote(object_id))  # 404 outside the user's accounts
+        return super().history_view(request, object_id, extra_context)
+
+    def history_form_view(self, request, object_id, version_id, extra_context=None):
+        if not request.user.is_superuser:
+            self.get_object(request, unquote(object_id))
+        if request.method != "GET":
+            raise PermissionDenied("History is read-only.")
+        return super().history_form_view(request, object_id, version_id, extra_context)
+
+
+def _report(modeladmin, request, exc: Exception) -> None:
+    text = "; ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
+    modeladmin.message_user(request, text, level=messages.ERROR)
+
+
+@admin.register(Account)
+class AccountAdmin(ScopedHistoryAdmin):
+    list_display = (
+        "name",
+        "slug",
+        "kind",
+        "simulation_mode",
+        "trading_enabled",
+        "base_currency",
+        "created_at",
+    )
+    list_filter = ("kind", "simulation_mode", "trading_enabled")
+    search_fields = ("name", "slug")
+    ordering = ("name",)
+    actions = ("enable_trading", "disable_trading")
+
+    def has_add_permission(self, request):
+        return request.user.is_active and request.user.is_superuser
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # accounts own orders, fills and audit events; they are never deleted
+
+    def get_fields(self, request, obj=None):
+        if obj is None:
+            return ("name", "slug", "kind")
+        return ("name", "slug", "kind", "base_currency", "simulation_mode", "trading_enabled", "created_at")
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is None:
+            return ()
+        # Switching to live trading needs validated Kraken credentials and a confirmation; it is not a
+        # checkbox on this form.
+        return ("slug", "kind", "base_currency", "simulation_mode", "created_at")
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            created = services.account_create(actor=request.user, name=obj.name, slug=obj.slug, kind=obj.kind)
+            obj.pk, obj.created_at = created.pk, created.created_at
+            return
+        data = form.cleaned_data
+        if "name" in form.changed_data:
+            services.account_rename(actor=request.user, account=obj, name=data["name"])
+        if "trading_enabled" in form.changed_data:
+            services.account_set_trading_enabled(
+                actor=request.user, account=obj, enabled=data["trading_enabled"], reason="admin form"
+            )
+
+    def _set_trading(self, request, queryset, enabled: bool) -> None:
+        changed = 0
+        for account in queryset:
+            if not user_can(user=request.user, account=account, action="change"):
+                self.message_user(
+                    request, f"You are not a director of {account}; it was left as it was.", messages.ERROR
+                )
+                continue
+            services.account_set_trading_enabled(
+                actor=request.user, account=account, enabled=enabled, reason="admin action"
+            )
+            changed += 1
+        self.message_user(
+            request, f"Trading {'enabled' if enabled else 'disabled'} for {changed} account(s)."
+        )
+
+    @admin.action(description="Enable trading", permissions=["change"])
+    def enable_trading(self, request, queryset):
+        self._set_trading(request, queryset, True)
+
+    @admin.action(description="Disable trading (no new positions)", permissions=["change"])
+    def disable_trading(self, request, queryset):
+        self._set_trading(request, queryset, False)
+
+
+@admin.register(Membership)
+class MembershipAdmin(ScopedHistoryAdmin):
+    list_display = ("user", "account", "role", "created_at")
+    list_filter = ("role", "account__kind", "account")
+    search_fields = ("user__username", "user__email", "account__name", "account__slug")
+    list_select_related = ("user", "account")
+    actions = ("remove_memberships",)
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)  # removal goes through the service, one audit event each
+        return actions
+
+    def get_fields(self, request, obj=None):
+        return ("account", "user", "role")
+
+    def get_readonly_fields(self, request, obj=None):
+        return ("account", "user") if obj is not None else ()
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            services.membership_set_role(actor=request.user, membership=obj, role=form.cleaned_data["role"])
+            return
+        created = services.membership_add(
+            actor=request.user, account=obj.account, user=obj.user, role=obj.role
+        )
+        obj.pk, obj.created_at = created.pk, created.created_at
+
+    def delete_model(self, request, obj):
+        services.membership_remove(actor=request.user, membership=obj)
+
+    def delete_view(self, request, object_id, extra_context=None):
+        try:
+            return super().delete_view(request, object_id, extra_context)
+        except ValidationError as exc:
+            _report(self, request, exc)
+            return redirect("admin:accounts_membership_change", object_id)
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        try:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except ValidationError as exc:
+            _report(self, request, exc)
+            return HttpResponseRedirect(request.path)
+
+    @admin.action(description="Remove selected memberships", permissions=["delete"])
+    def remove_memberships(self, request, queryset):
+        removed = 0
+        for membership in queryset.select_related("account", "user"):
+            try:
+                services.membership_remove(actor=request.user, membership=membership)
+                removed += 1
+            except (PermissionDenied, ValidationError) as exc:
+                _report(self, request, exc)
+        self.message_user(request, f"Removed {removed} membership(s).")
+
+
+@admin.register(User)
+class AetherUserAdmin(UserAdmin):
+    """People are managed by superusers; directors grant access to their accounts through memberships."""
+
+    list_display = ("username", "email", "first_name", "last_name", "is_staff", "is_active", "last_login")

@@ -1,0 +1,100 @@
+"""Shared fixtures: the firm's personas and database helpers.
+
+Personas, relative to ``alice_account`` (a director account):
+- ``owner``: alice, director of her own account and of the company account;
+- ``director``: bob, director of the company account and of his own account, not a member of alice's;
+- ``viewer``: carol, viewer of alice's account;
+- ``outsider``: dave, staff with a viewer membership in bob's account only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from django.db import connection
+
+from accounts.models import Account, User
+from accounts.roles import Role
+from governance import triggers
+from tests.factories import AccountFactory, MembershipFactory, UserFactory
+
+
+def is_postgresql() -> bool:
+    return connection.vendor == "postgresql"
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_pg = pytest.mark.skip(reason="needs PostgreSQL: set DATABASE_URL=postgres://… (CI does)")
+    if connection.settings_dict["ENGINE"].endswith("postgresql"):
+        return
+    for item in items:
+        if "postgres" in item.keywords:
+            item.add_marker(skip_pg)
+
+
+@dataclass
+class Firm:
+    company: Account
+    alice_account: Account
+    bob_account: Account
+    owner: User
+    director: User
+    viewer: User
+    outsider: User
+    superuser: User
+
+
+@pytest.fixture
+def firm(db) -> Firm:
+    company = AccountFactory(name="Firm", slug="firm", kind=Account.Kind.COMPANY)
+    alice_account = AccountFactory(name="Alice", slug="alice")
+    bob_account = AccountFactory(name="Bob", slug="bob")
+    owner = UserFactory(username="alice")
+    director = UserFactory(username="bob")
+    viewer = UserFactory(username="carol")
+    outsider = UserFactory(username="dave")
+    for user, account, role in [
+        (owner, company, Role.DIRECTOR),
+        (owner, alice_account, Role.DIRECTOR),
+        (director, company, Role.DIRECTOR),
+        (director, bob_account, Role.DIRECTOR),
+        (viewer, alice_account, Role.VIEWER),
+        (outsider, bob_account, Role.VIEWER),
+    ]:
+        MembershipFactory(user=user, account=account, role=role)
+    superuser = UserFactory(username="root", is_superuser=True)
+    return Firm(company, alice_account, bob_account, owner, director, viewer, outsider, superuser)
+
+
+def purge_audit_table() -> None:
+    """Empty the append-only audit table between transactional tests (test-only: lifts the triggers
+    for the duration of the DELETE)."""
+    vendor = connection.vendor
+    with connection.cursor() as cursor:
+        triggers.uninstall(cursor, vendor)
+        cursor.execute(f"DELETE FROM {triggers.TABLE}")
+        triggers.install(cursor, vendor)
+
+
+@pytest.fixture
+def audit_transactional_db(transactional_db):
+    """``transactional_db`` whose teardown can flush: the audit table is emptied first."""
+    yield
+    purge_audit_table()
+
+
+def tamper_bypassing_triggers(sql: str, params=()) -> None:
+    """Run ``sql`` against the audit table the way a database superuser could: triggers disabled."""
+    vendor = connection.vendor
+    with connection.cursor() as cursor:
+        if vendor == "postgresql":
+            # Django's foreign keys are deferred; their pending checks would block ALTER TABLE.
+            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+            cursor.execute(f"ALTER TABLE {triggers.TABLE} DISABLE TRIGGER USER")
+            cursor.execute(sql, params)
+            cursor.execute(f"ALTER TABLE {triggers.TABLE} ENABLE TRIGGER USER")
+        else:
+            triggers.uninstall(cursor, vendor)
+            cursor.execute(sql, params)
+            triggers.install(cursor, vendor)
