@@ -1,0 +1,83 @@
+"""The one writer of audit events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import models, transaction
+from django.utils import timezone
+
+from governance.actors import actor_label, actor_user
+from governance.chain import GENESIS_HASH, ChainRecord, canonical_details, compute_hash
+from governance.models import AuditEvent
+
+# pg_advisory_xact_lock key for appends to the chain: 'AETHAUDT' as a signed 64-bit integer.
+AUDIT_CHAIN_LOCK_KEY = int.from_bytes(b"AETHAUDT", "big", signed=True)
+
+
+def _lock_chain_head(connection) -> None:
+    """Serialise appends so the chain stays linear under concurrent writers.
+
+    PostgreSQL: a transaction-scoped advisory lock, released at commit or rollback. SQLite: transactions
+    begin IMMEDIATE (see settings), so the writer already holds the database's write lock. On either engine
+    the unique ``seq`` and ``prev_hash`` columns refuse a fork outright.
+    """
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [AUDIT_CHAIN_LOCK_KEY])
+
+
+def audit_record(
+    *,
+    actor,
+    action: str,
+    account=None,
+    target: models.Model | None = None,
+    target_type: str = "",
+    target_id: str = "",
+    details: dict[str, Any] | None = None,
+) -> AuditEvent:
+    """Append one event to the audit chain, inside the caller's transaction (so it commits or rolls back
+    with the change it describes). ``actor`` is a user or a :class:`governance.actors.SystemActor`."""
+    connection = transaction.get_connection()
+    if not connection.in_atomic_block:
+        raise RuntimeError("audit_record() must run inside the caller's transaction.atomic() block")
+    if target is not None:
+        if target.pk is None:
+            raise ValueError("audit target must be saved first")
+        target_type, target_id = target._meta.label_lower, str(target.pk)
+    details_json = canonical_details(details)
+    label = actor_label(actor)
+
+    _lock_chain_head(connection)
+    head = AuditEvent.objects.order_by("-seq").values_list("seq", "hash").first()
+    seq, prev_hash = (head[0] + 1, head[1]) if head else (1, GENESIS_HASH)
+
+    user = actor_user(actor)
+    record = ChainRecord(
+        seq=seq,
+        created_at=timezone.now(),
+        actor=label,
+        actor_user_id=user.pk if user is not None else None,
+        account_id=account.pk if account is not None else None,
+        action=action,
+        target_type=target_type,
+        target_id=str(target_id),
+        details_json=details_json,
+        prev_hash=prev_hash,
+    )
+    event = AuditEvent(
+        seq=record.seq,
+        created_at=record.created_at,
+        actor=record.actor,
+        actor_user=user,
+        account=account,
+        action=record.action,
+        target_type=record.target_type,
+        target_id=record.target_id,
+        details_json=record.details_json,
+        prev_hash=record.prev_hash,
+        hash=compute_hash(record),
+    )
+    event.save(force_insert=True)
+    return event

@@ -1,0 +1,48 @@
+import pytest
+from django.db import transaction
+
+from governance.actors import SystemActor
+from governance.chain import GENESIS_HASH
+from governance.models import AuditEvent
+from governance.selectors import audit_chain_verify
+from governance.services import audit_record
+
+SYSTEM = SystemActor("tests")
+
+
+def test_audit_record_refuses_to_run_outside_a_transaction(audit_transactional_db):
+    with pytest.raises(RuntimeError, match=r"transaction\.atomic"):
+        audit_record(actor=SYSTEM, action="test.outside")
+    assert AuditEvent.objects.count() == 0
+
+
+def test_events_link_into_one_chain(firm):
+    with transaction.atomic():
+        first = audit_record(actor=SYSTEM, action="test.first", details={"k": "v"})
+        second = audit_record(
+            actor=firm.owner, account=firm.alice_account, action="test.second", target=firm.alice_account
+        )
+    assert (first.seq, first.prev_hash) == (1, GENESIS_HASH)
+    assert (second.seq, second.prev_hash) == (2, first.hash)
+    second.refresh_from_db()
+    assert second.actor == "user:alice"
+    assert second.actor_user == firm.owner
+    assert (second.target_type, second.target_id) == ("accounts.account", str(firm.alice_account.pk))
+    assert first.details == {"k": "v"}
+    assert audit_chain_verify() is None
+
+
+def test_an_event_rolls_back_with_its_transaction(db):
+    def record_then_fail():
+        with transaction.atomic():
+            audit_record(actor=SYSTEM, action="test.rolled_back")
+            raise ZeroDivisionError
+
+    with pytest.raises(ZeroDivisionError):
+        record_then_fail()
+    assert AuditEvent.objects.count() == 0
+
+
+def test_system_actor_names_are_identifiers():
+    with pytest.raises(ValueError, match="identifier"):
+        SystemActor("Robert'); DROP TABLE")
