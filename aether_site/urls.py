@@ -1,0 +1,16 @@
+from django.contrib import admin
+from django.urls import path
+
+from aether_site import health
+
+admin.site.site_header = "Aether"
+admin.site.site_title = "Aether admin"
+admin.site.index_title = "Accounts, audit and operations"
+
+urlpatterns = [
+    # Also answered by ProbeMiddleware; routed here so reverse() and the URL map name them.
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("metrics", health.ExportToDjangoView, name="metrics"),
+    path("admin/", admin.site.urls),
+]

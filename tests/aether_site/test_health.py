@@ -1,0 +1,106 @@
+"""/healthz, /readyz and /metrics, against real connections."""
+
+import json
+import os
+import socket
+
+import pytest
+from django.db import connections
+from django.db.utils import load_backend
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def unreachable_database(db, tmp_path):
+    """Point the default alias at a database that cannot be reached: a closed port (PostgreSQL) or a
+    file in a folder that does not exist (SQLite). The test's own connection is put back afterwards."""
+    original = connections["default"]
+    broken = dict(original.settings_dict)
+    if original.vendor == "postgresql":
+        broken.update(HOST="127.0.0.1", PORT=str(closed_port()))
+    else:
+        broken.update(NAME=str(tmp_path / "missing-folder" / "db.sqlite3"))
+    connections["default"] = load_backend(broken["ENGINE"]).DatabaseWrapper(broken, "default")
+    yield
+    connections["default"].close()
+    connections["default"] = original
+
+
+def test_healthz_needs_nothing(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+def test_readyz_is_ready_when_the_database_answers(db, client, settings):
+    settings.REDIS_URL = None
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ready"
+    assert body["checks"]["database"] == {"ok": True}
+    assert "embedded" in body["checks"]["redis"]["mode"]
+
+
+def test_readyz_is_503_with_a_reason_when_the_database_is_unreachable(unreachable_database, client, settings):
+    settings.REDIS_URL = None
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response["Content-Type"] == "application/json"
+    body = json.loads(response.content)
+    assert body["status"] == "unavailable"
+    assert body["checks"]["database"]["ok"] is False
+    assert body["checks"]["database"]["error"]
+
+
+def test_readyz_is_503_when_redis_is_configured_but_unreachable(db, client, settings):
+    settings.REDIS_URL = f"redis://:hunter2@127.0.0.1:{closed_port()}/0"
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    redis_check = response.json()["checks"]["redis"]
+    assert redis_check["ok"] is False
+    assert "hunter2" not in response.content.decode()
+    assert redis_check["url"].startswith("redis://:***@127.0.0.1:")
+
+
+@pytest.mark.redis
+def test_readyz_checks_the_configured_redis(db, client, settings):
+    if not os.environ.get("REDIS_URL"):
+        pytest.skip("needs REDIS_URL (CI sets it)")
+    settings.REDIS_URL = os.environ["REDIS_URL"]
+    response = client.get("/readyz")
+    assert response.status_code == 200, response.content
+    assert response.json()["checks"]["redis"] == {"ok": True}
+
+
+def test_metrics_are_exported(db, client):
+    client.get("/healthz")
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    text = response.content.decode()
+    assert "django_http_requests_before_middlewares_total" in text
+    assert "django_db_new_connections_total" in text
+
+
+def test_probes_answer_any_host_over_plain_http(db, client, settings):
+    # Kubernetes probes and Prometheus reach the pod by IP; the rest of the site keeps host validation
+    # and the HTTPS redirect.
+    settings.ALLOWED_HOSTS = ["aether.example.com"]
+    settings.SECURE_SSL_REDIRECT = True
+    assert client.get("/healthz", HTTP_HOST="10.1.2.3:8000").status_code == 200
+    assert client.get("/metrics", HTTP_HOST="10.1.2.3:8000").status_code == 200
+    assert client.get("/admin/", HTTP_HOST="10.1.2.3:8000").status_code == 400
+    assert client.get("/admin/", HTTP_HOST="aether.example.com").status_code == 301
+
+
+def test_security_headers_are_sent(db, client):
+    response = client.get("/admin/login/")
+    assert response.status_code == 200
+    assert "default-src 'self'" in response["Content-Security-Policy"]
+    assert response["X-Frame-Options"] == "DENY"
+    assert response["X-Content-Type-Options"] == "nosniff"
