@@ -108,7 +108,7 @@ class AccountAdmin(ScopedHistoryAdmin):
 @admin.register(Membership)
 class MembershipAdmin(ScopedHistoryAdmin):
     list_display = ("user", "account", "role", "created_at")
-    list_filter = ("role", "account__kind", "account")
+    list_filter = ("role", "account__kind", ("account", admin.RelatedOnlyFieldListFilter))
     search_fields = ("user__username", "user__email", "account__name", "account__slug")
     list_select_related = ("user", "account")
     actions = ("remove_memberships",)

@@ -13,7 +13,8 @@ class AuditEventAdmin(admin.ModelAdmin):
     """Read-only for everyone, superusers included: the audit trail is written only by services."""
 
     list_display = ("seq", "created_at", "actor", "account", "action", "target_type", "target_id")
-    list_filter = ("action", "account")
+    # RelatedOnlyFieldListFilter offers only accounts present in the scoped queryset: no other names leak.
+    list_filter = ("action", ("account", admin.RelatedOnlyFieldListFilter))
     search_fields = ("action", "actor", "target_type", "target_id")
     list_select_related = ("account",)
     date_hierarchy = "created_at"

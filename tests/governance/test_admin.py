@@ -45,3 +45,12 @@ def test_members_see_only_their_accounts_events(firm, events, client):
     assert {e.action for e in listing.context["cl"].result_list} == {"test.alice"}
     other = reverse("admin:governance_auditevent_change", args=[events["bob"].pk])
     assert client.get(other).status_code == 404
+
+
+def test_changelist_filters_do_not_reveal_other_accounts(firm, events, client):
+    client.force_login(firm.viewer)
+    for name in ("admin:governance_auditevent_changelist", "admin:accounts_membership_changelist"):
+        page = client.get(reverse(name)).content.decode()
+        assert "Alice" in page, name
+        assert "Bob" not in page, name
+        assert "Firm" not in page, name
