@@ -89,11 +89,23 @@ def compute_hash(record: ChainRecord) -> str:
     return hashlib.sha256(canonical_bytes(record)).hexdigest()
 
 
-def verify_chain(records: Iterable[ChainRecord]) -> ChainBreak | None:
-    """The first place where ``records`` (in ``seq`` order) stop forming an intact chain, or ``None``."""
-    expected_seq = 1
-    prev_hash = GENESIS_HASH
-    for record in records:
+def event_time(moment: datetime) -> datetime:
+    """An event's timestamp, in UTC and cut to milliseconds: Django's serialisers (``dumpdata``) keep only
+    milliseconds, and a backup restored with ``loaddata`` must still verify."""
+    moment = moment.astimezone(UTC)
+    return moment.replace(microsecond=moment.microsecond - moment.microsecond % 1000)
+
+
+class ChainVerifier:
+    """Checks records fed one at a time, in ``seq`` order; remembers how many it saw and the last one."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.head: ChainRecord | None = None
+
+    def feed(self, record: ChainRecord) -> ChainBreak | None:
+        expected_seq = self.head.seq + 1 if self.head else 1
+        prev_hash = self.head.hash if self.head else GENESIS_HASH
         if record.seq != expected_seq:
             return ChainBreak(
                 record.seq,
@@ -103,6 +115,15 @@ def verify_chain(records: Iterable[ChainRecord]) -> ChainBreak | None:
             return ChainBreak(record.seq, "prev_hash does not match the previous event's hash")
         if compute_hash(record) != record.hash:
             return ChainBreak(record.seq, "hash does not match the event's contents: the event was altered")
-        prev_hash = record.hash
-        expected_seq += 1
+        self.head = record
+        self.count += 1
+        return None
+
+
+def verify_chain(records: Iterable[ChainRecord]) -> ChainBreak | None:
+    """The first place where ``records`` (in ``seq`` order) stop forming an intact chain, or ``None``."""
+    verifier = ChainVerifier()
+    for record in records:
+        if (broken := verifier.feed(record)) is not None:
+            return broken
     return None

@@ -6,18 +6,11 @@ from governance.chain import ChainBreak, ChainRecord, verify_chain
 from governance.models import AuditEvent
 
 
-def audit_event_list(*, user, account=None):
-    events = AuditEvent.objects.for_user(user).select_related("account", "actor_user")
-    if account is not None:
-        events = events.filter(account=account)
-    return events
-
-
 def audit_chain_records(*, chunk_size: int = 2000) -> Iterator[ChainRecord]:
     """Every event in chain order, streamed."""
     for event in AuditEvent.objects.order_by("seq").iterator(chunk_size=chunk_size):
         yield event.chain_record()
 
 
-def audit_chain_verify(*, records=None) -> ChainBreak | None:
-    return verify_chain(audit_chain_records() if records is None else records)
+def audit_chain_verify() -> ChainBreak | None:
+    return verify_chain(audit_chain_records())

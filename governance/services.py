@@ -8,7 +8,7 @@ from django.db import models, transaction
 from django.utils import timezone
 
 from governance.actors import actor_label, actor_user
-from governance.chain import GENESIS_HASH, ChainRecord, canonical_details, compute_hash
+from governance.chain import GENESIS_HASH, ChainRecord, canonical_details, compute_hash, event_time
 from governance.models import AuditEvent
 
 # pg_advisory_xact_lock key for appends to the chain: 'AETHAUDT' as a signed 64-bit integer.
@@ -38,7 +38,10 @@ def audit_record(
     details: dict[str, Any] | None = None,
 ) -> AuditEvent:
     """Append one event to the audit chain, inside the caller's transaction (so it commits or rolls back
-    with the change it describes). ``actor`` is a user or a :class:`governance.actors.SystemActor`."""
+    with the change it describes). ``actor`` is a user or a :class:`governance.actors.SystemActor`.
+
+    The chain lock is held until the transaction ends, so record the event after taking any row locks
+    the transaction needs (lock order: rows first, the audit chain last)."""
     connection = transaction.get_connection()
     if not connection.in_atomic_block:
         raise RuntimeError("audit_record() must run inside the caller's transaction.atomic() block")
@@ -56,7 +59,7 @@ def audit_record(
     user = actor_user(actor)
     record = ChainRecord(
         seq=seq,
-        created_at=timezone.now(),
+        created_at=event_time(timezone.now()),
         actor=label,
         actor_user_id=user.pk if user is not None else None,
         account_id=account.pk if account is not None else None,

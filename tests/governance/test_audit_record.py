@@ -1,8 +1,9 @@
 import pytest
+from django.core import serializers
 from django.db import transaction
 
 from governance.actors import SystemActor
-from governance.chain import GENESIS_HASH
+from governance.chain import GENESIS_HASH, verify_chain
 from governance.models import AuditEvent
 from governance.selectors import audit_chain_verify
 from governance.services import audit_record
@@ -46,3 +47,19 @@ def test_an_event_rolls_back_with_its_transaction(db):
 def test_system_actor_names_are_identifiers():
     with pytest.raises(ValueError, match="identifier"):
         SystemActor("Robert'); DROP TABLE")
+
+
+def test_chain_survives_a_dumpdata_loaddata_round_trip(firm):
+    with transaction.atomic():
+        for n in range(3):
+            audit_record(actor=firm.owner, account=firm.alice_account, action="test.backup", details={"n": n})
+    dumped = serializers.serialize("json", AuditEvent.objects.order_by("seq"))
+    restored = [item.object for item in serializers.deserialize("json", dumped)]
+    assert [event.seq for event in restored] == [1, 2, 3]
+    assert verify_chain(event.chain_record() for event in restored) is None
+
+
+def test_event_times_are_whole_milliseconds(db):
+    with transaction.atomic():
+        event = audit_record(actor=SYSTEM, action="test.time")
+    assert event.created_at.microsecond % 1000 == 0

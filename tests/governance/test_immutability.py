@@ -2,6 +2,7 @@
 
 import pytest
 from django.core.management import CommandError, ManagementUtility, call_command
+from django.core.management.sql import emit_post_migrate_signal
 from django.db import DatabaseError, connection, transaction
 
 from governance import triggers
@@ -82,3 +83,68 @@ def test_verify_audit_exit_status_is_non_zero_from_the_command_line(events):
     with pytest.raises(SystemExit) as excinfo:
         ManagementUtility(["manage.py", "verify_audit"]).execute()
     assert excinfo.value.code == 1
+
+
+def insert_copy_sql(conflict_clause: str = "") -> str:
+    columns = "seq, created_at, actor, action, target_type, target_id, details_json, prev_hash, hash"
+    return (
+        f"INSERT INTO {triggers.TABLE} ({columns}) SELECT {columns} FROM {triggers.TABLE} WHERE seq = 2 "
+        f"{conflict_clause}"
+    )
+
+
+def test_upsert_over_an_existing_event_is_refused(events):
+    sql = insert_copy_sql("ON CONFLICT (seq) DO UPDATE SET action = 'forged'")
+    if connection.vendor == "sqlite":
+        sql = sql.replace("WHERE seq = 2", "WHERE seq = 2 AND 1")  # SQLite's upsert-after-SELECT rule
+    with pytest.raises(DatabaseError, match="append-only"):
+        raw(sql)
+    assert AuditEvent.objects.get(seq=2).action == "test.event1"
+
+
+def test_sqlite_insert_or_replace_is_refused(events):
+    if connection.vendor != "sqlite":
+        pytest.skip("INSERT OR REPLACE is SQLite syntax")
+    replace_sql = insert_copy_sql().replace("INSERT INTO", "INSERT OR REPLACE INTO")
+    with pytest.raises(DatabaseError, match="append-only"):
+        raw(replace_sql)
+    assert AuditEvent.objects.count() == 5
+    assert AuditEvent.objects.get(seq=2).action == "test.event1"
+
+
+def test_missing_triggers_fail_verify_audit_and_are_reinstalled_by_migrate(events):
+    with connection.cursor() as cursor:
+        triggers.uninstall(cursor, connection.vendor)
+        assert triggers.missing(cursor, connection.vendor)
+    with pytest.raises(CommandError, match="triggers missing"):
+        call_command("verify_audit")
+    # What a migration that rebuilds the table leaves behind is repaired after every migrate.
+    emit_post_migrate_signal(verbosity=0, interactive=False, db="default")
+    with connection.cursor() as cursor:
+        assert triggers.missing(cursor, connection.vendor) == []
+    with pytest.raises(DatabaseError, match="append-only"):
+        raw(f"DELETE FROM {triggers.TABLE}")
+
+
+def test_expect_head_accepts_the_current_head(events, capsys):
+    head = events[-1]
+    call_command("verify_audit", "--expect-head", f"{head.seq}:{head.hash}")
+    assert f"head {head.seq}:{head.hash}" in capsys.readouterr().out
+
+
+def test_expect_head_finds_a_truncated_tail(events):
+    head = events[-1]
+    tamper_bypassing_triggers(f"DELETE FROM {triggers.TABLE} WHERE seq >= 4")
+    call_command("verify_audit")  # without the head, a cut tail looks like a shorter chain
+    with pytest.raises(CommandError, match="truncated: expected event seq 5 but the chain now ends at seq 3"):
+        call_command("verify_audit", "--expect-head", f"{head.seq}:{head.hash}")
+
+
+def test_expect_head_finds_a_rewritten_chain(events):
+    with pytest.raises(CommandError, match="rewritten"):
+        call_command("verify_audit", "--expect-head", f"3:{'a' * 64}")
+
+
+def test_expect_head_must_be_well_formed(events):
+    with pytest.raises(CommandError, match="SEQ:HASH"):
+        call_command("verify_audit", "--expect-head", "latest")
