@@ -33,16 +33,20 @@ class Env:
         file_var = f"{name}_FILE"
         direct = self.environ.get(name)
         path = self.environ.get(file_var)
-        if path is not None and path != "":
-            if direct is not None:
-                raise SettingsError(f"{name} and {file_var} are both set; set only one of them.")
-            try:
-                return Path(path).read_text(encoding="utf-8").strip()
-            except FileNotFoundError:
-                raise SettingsError(f"{file_var}={path}: file not found.") from None
-            except OSError as exc:
-                raise SettingsError(f"{file_var}={path}: cannot be read ({exc.strerror}).") from None
-        return direct
+        if path is None:
+            return direct
+        if path.strip() == "":
+            raise SettingsError(f"{file_var} is set but empty: give the secret file's path, or unset it.")
+        if direct is not None:
+            raise SettingsError(f"{name} and {file_var} are both set; set only one of them.")
+        try:
+            return Path(path).read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            raise SettingsError(f"{file_var}={path}: file not found.") from None
+        except UnicodeDecodeError:
+            raise SettingsError(f"{file_var}={path}: not UTF-8 text.") from None
+        except OSError as exc:
+            raise SettingsError(f"{file_var}={path}: cannot be read ({exc.strerror}).") from None
 
     def str(self, name: str, default: str | None = None) -> str | None:
         value = self.raw(name)

@@ -1,12 +1,16 @@
 """Liveness, readiness and metrics endpoints.
 
 ``/healthz`` says the process is alive and touches nothing else. ``/readyz`` checks the database and, when
-``REDIS_URL`` is set, Redis; it answers 503 with a JSON reason when either is unreachable. Both, and
+``REDIS_URL`` is set, Redis, and that the audit table's append-only triggers are in place; it answers 503
+with a JSON reason when any check fails (details go to the log, not to the public body). Both, and
 ``/metrics``, are answered by :class:`ProbeMiddleware` ahead of host validation and the HTTPS redirect,
 because Kubernetes probes and Prometheus scrapes reach the pod by IP over plain HTTP.
 """
 
 from __future__ import annotations
+
+import hmac
+import logging
 
 import redis
 from django.conf import settings
@@ -15,6 +19,9 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django_prometheus.exports import ExportToDjangoView
 
 from aether_site.redaction import redact_url
+from governance.protection import audit_triggers_missing
+
+logger = logging.getLogger(__name__)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -29,9 +36,21 @@ def check_database(alias: str = "default") -> dict:
             cursor.execute("SELECT 1")
             cursor.fetchone()
     except DatabaseError as exc:
+        logger.warning("readyz: database unreachable: %s", exc)
         # A broken connection must not be reused by the next probe.
         connection.close_if_unusable_or_obsolete()
         return {"ok": False, "error": _first_line(exc)}
+    return {"ok": True}
+
+
+def check_audit_protection() -> dict:
+    try:
+        missing = audit_triggers_missing()
+    except DatabaseError as exc:
+        return {"ok": False, "error": _first_line(exc)}
+    if missing:
+        logger.error("audit table unprotected: triggers missing: %s", ", ".join(missing))
+        return {"ok": False, "error": "audit triggers missing: run manage.py migrate", "missing": missing}
     return {"ok": True}
 
 
@@ -46,7 +65,8 @@ def check_redis() -> dict:
     try:
         client.ping()
     except redis.RedisError as exc:
-        return {"ok": False, "error": _first_line(exc), "url": redact_url(settings.REDIS_URL)}
+        logger.warning("readyz: Redis at %s unreachable: %s", redact_url(settings.REDIS_URL), exc)
+        return {"ok": False, "error": _first_line(exc)}
     finally:
         client.close()
     return {"ok": True}
@@ -58,13 +78,29 @@ def healthz(request: HttpRequest) -> HttpResponse:
 
 def readyz(request: HttpRequest) -> HttpResponse:
     checks = {"database": check_database(), "redis": check_redis()}
+    if checks["database"]["ok"]:
+        checks["audit_protection"] = check_audit_protection()
     ready = all(check["ok"] for check in checks.values())
     return JsonResponse(
         {"status": "ready" if ready else "unavailable", "checks": checks}, status=200 if ready else 503
     )
 
 
-PROBES = {"/healthz": healthz, "/readyz": readyz, "/metrics": ExportToDjangoView}
+def metrics(request: HttpRequest) -> HttpResponse:
+    """Prometheus exposition; when ``METRICS_TOKEN`` is set, only for ``Authorization: Bearer <token>``."""
+    token = settings.METRICS_TOKEN
+    if token:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            response = JsonResponse(
+                {"error": "metrics need Authorization: Bearer <METRICS_TOKEN>"}, status=401
+            )
+            response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+            return response
+    return ExportToDjangoView(request)
+
+
+PROBES = {"/healthz": healthz, "/readyz": readyz, "/metrics": metrics}
 
 
 class ProbeMiddleware:

@@ -54,6 +54,8 @@ def production_problems(values: Mapping[str, Any], *, development_key: str | Non
     policy = values.get("CONTENT_SECURITY_POLICY") or {}
     if values.get("CONTENT_SECURITY_POLICY_REPORT_ONLY") or "default-src" not in policy.get("DIRECTIVES", {}):
         problems.append("CSP must be enforced (CSP_REPORT_ONLY off, a default-src directive set).")
+    if not values.get("METRICS_TOKEN"):
+        problems.append("METRICS_TOKEN must be set (/metrics is reachable by anyone who reaches a pod).")
     if "csp.middleware.CSPMiddleware" not in values["MIDDLEWARE"]:
         problems.append("CSP middleware (csp.middleware.CSPMiddleware) must be installed.")
     return problems

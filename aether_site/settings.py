@@ -108,6 +108,11 @@ def _database_from_url(url: str) -> dict:
             f"DATABASE_URL={redact_url(url)}: only PostgreSQL (postgres://) and SQLite (sqlite://) "
             "are supported."
         )
+    if engine.endswith("sqlite3") and config.get("NAME") in (None, "", ":memory:"):
+        raise SettingsError(
+            f"DATABASE_URL={url}: an in-memory SQLite database loses everything at exit; "
+            "give a file path, e.g. sqlite:////srv/aether/aether.sqlite3."
+        )
     config["ENGINE"] = _PROMETHEUS_ENGINES[engine]
     options = config.setdefault("OPTIONS", {})
     if engine.endswith("postgresql"):
@@ -173,6 +178,11 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
+DEFAULT_EXCEPTION_REPORTER_FILTER = "aether_site.redaction.SettingsReporterFilter"
+
+# /metrics answers any host (Prometheus scrapes pods by IP); with a token set it wants
+# "Authorization: Bearer <token>". Production requires one.
+METRICS_TOKEN = env.str("METRICS_TOKEN")
 
 _CSP = {
     "DIRECTIVES": {

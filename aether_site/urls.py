@@ -12,6 +12,6 @@ urlpatterns = [
     # Also answered by ProbeMiddleware; routed here so reverse() and the URL map name them.
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
-    path("metrics", health.ExportToDjangoView, name="metrics"),
+    path("metrics", health.metrics, name="metrics"),
     path("admin/", admin.site.urls),
 ]

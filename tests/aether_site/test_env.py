@@ -48,6 +48,18 @@ def test_missing_secret_file_names_the_variable(tmp_path):
         Env({"SECRET_KEY_FILE": str(tmp_path / "nope")}).str("SECRET_KEY")
 
 
+def test_empty_file_variable_is_an_error():
+    with pytest.raises(SettingsError, match="set but empty"):
+        Env({"SECRET_KEY_FILE": " "}).str("SECRET_KEY")
+
+
+def test_secret_file_must_be_utf8(tmp_path):
+    secret = tmp_path / "key"
+    secret.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(SettingsError, match="not UTF-8"):
+        Env({"SECRET_KEY_FILE": str(secret)}).str("SECRET_KEY")
+
+
 def test_value_and_file_together_are_ambiguous(tmp_path):
     secret = tmp_path / "key"
     secret.write_text("a")

@@ -5,8 +5,10 @@ import os
 import socket
 
 import pytest
-from django.db import connections
+from django.db import connection, connections
 from django.db.utils import load_backend
+
+from governance import triggers
 
 
 def closed_port() -> int:
@@ -64,8 +66,8 @@ def test_readyz_is_503_when_redis_is_configured_but_unreachable(db, client, sett
     assert response.status_code == 503
     redis_check = response.json()["checks"]["redis"]
     assert redis_check["ok"] is False
+    assert redis_check["error"]
     assert "hunter2" not in response.content.decode()
-    assert redis_check["url"].startswith("redis://:***@127.0.0.1:")
 
 
 @pytest.mark.redis
@@ -78,13 +80,53 @@ def test_readyz_checks_the_configured_redis(db, client, settings):
     assert response.json()["checks"]["redis"] == {"ok": True}
 
 
-def test_metrics_are_exported(db, client):
-    client.get("/healthz")
+def metric_value(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not exported")
+
+
+def test_metrics_are_exported_and_count_requests(db, client, settings):
+    settings.METRICS_TOKEN = None
+    counter = "django_http_requests_before_middlewares_total"
+    before = metric_value(client.get("/metrics").content.decode(), counter)
+    client.get("/admin/login/")
     response = client.get("/metrics")
     assert response.status_code == 200
     text = response.content.decode()
-    assert "django_http_requests_before_middlewares_total" in text
+    assert metric_value(text, counter) >= before + 1
     assert "django_db_new_connections_total" in text
+
+
+def test_metrics_want_the_bearer_token_when_one_is_set(db, client, settings):
+    settings.METRICS_TOKEN = "s3cret-token"
+    refused = client.get("/metrics")
+    assert refused.status_code == 401
+    assert refused["WWW-Authenticate"].startswith("Bearer")
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
+    allowed = client.get("/metrics", HTTP_AUTHORIZATION="Bearer s3cret-token")
+    assert allowed.status_code == 200
+    assert b"django_http_requests" in allowed.content
+
+
+def test_readyz_is_503_when_the_audit_triggers_are_missing(db, client, settings):
+    settings.REDIS_URL = None
+    with connection.cursor() as cursor:
+        triggers.uninstall(cursor, connection.vendor)  # rolled back with the test's transaction
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    check = response.json()["checks"]["audit_protection"]
+    assert check["ok"] is False
+    assert "migrate" in check["error"]
+
+
+def test_debug_pages_hide_urls_that_carry_passwords(rf, settings):
+    from django.views.debug import get_default_exception_reporter_filter
+
+    settings.DATABASE_URL = "postgres://aether:hunter2@db/aether"
+    safe = get_default_exception_reporter_filter().get_safe_settings()
+    assert "hunter2" not in str(safe["DATABASE_URL"])
 
 
 def test_probes_answer_any_host_over_plain_http(db, client, settings):

@@ -22,6 +22,7 @@ GOOD_PRODUCTION = {
     "DATABASE_URL": "postgres://aether@db.internal:5432/aether",
     "REDIS_URL": "redis://redis.internal:6379/0",
     "ALLOWED_HOSTS": "aether.example.com",
+    "METRICS_TOKEN": secrets.token_urlsafe(32),
 }
 
 
@@ -70,6 +71,7 @@ def test_production_profile_passes_the_deploy_check():
         ({"SECURE_HSTS_SECONDS": "3600"}, "SECURE_HSTS_SECONDS"),
         ({"SECURE_HSTS_PRELOAD": "no"}, "SECURE_HSTS_PRELOAD"),
         ({"CSP_REPORT_ONLY": "true"}, "CSP must be enforced"),
+        ({"METRICS_TOKEN": ""}, "METRICS_TOKEN must be set"),
     ],
 )
 def test_production_profile_refuses_insecure_settings(override, fragment):
@@ -100,7 +102,7 @@ def test_production_problems_lists_every_problem_at_once():
         "CONTENT_SECURITY_POLICY": None,
         "MIDDLEWARE": [],
     }
-    assert len(production_problems(values)) == 13
+    assert len(production_problems(values)) == 14
 
 
 @pytest.mark.parametrize(
@@ -115,6 +117,9 @@ def test_production_problems_lists_every_problem_at_once():
         ({"REDIS_URL": "http://cache"}, ["REDIS_URL"]),
         ({"AETHER_ENV": "staging"}, ["AETHER_ENV='staging'"]),
         ({"DATABASE_CONN_MAX_AGE": "forever"}, ["DATABASE_CONN_MAX_AGE"]),
+        ({"DATABASE_URL": "sqlite://"}, ["in-memory SQLite"]),
+        ({"SECRET_KEY_FILE": ""}, ["SECRET_KEY_FILE is set but empty"]),
+        ({"DATABASE_URL": "postgres://aether:pa#ss@db:5432/aether", "AETHER_ENV": "prod"}, ["AETHER_ENV"]),
     ],
 )
 def test_bad_environment_values_are_one_clear_line(env, fragments):
