@@ -2,6 +2,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.contrib.auth.admin import UserAdmin
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
 from django.http import HttpResponseRedirect
 from django.shortcuts import redirect
 from simple_history.admin import SimpleHistoryAdmin
@@ -121,6 +122,12 @@ class MembershipAdmin(ScopedHistoryAdmin):
     def get_fields(self, request, obj=None):
         return ("account", "user", "role")
 
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "user":
+            # Superusers see everything anyway; a membership would mean nothing for them.
+            kwargs["queryset"] = User.objects.filter(is_active=True, is_superuser=False).order_by("username")
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
     def get_readonly_fields(self, request, obj=None):
         return ("account", "user") if obj is not None else ()
 
@@ -163,7 +170,25 @@ class MembershipAdmin(ScopedHistoryAdmin):
 
 
 @admin.register(User)
-class AetherUserAdmin(UserAdmin):
-    """People are managed by superusers; directors grant access to their accounts through memberships."""
+class AetherUserAdmin(SimpleHistoryAdmin, UserAdmin):
+    """People are managed by superusers (Django's model permissions hide this page from everyone else);
+    directors grant access to their accounts through memberships. Every change is audited."""
 
-    list_display = ("username", "email", "first_name", "last_name", "is_staff", "is_active", "last_login")
+    list_display = ("username", "email", "first_name", "last_name", "is_staff", "is_superuser", "is_active")
+
+    def save_model(self, request, obj, form, change):
+        services.user_save(actor=request.user, user=obj, created=not change, changed_fields=form.changed_data)
+
+    def delete_model(self, request, obj):
+        services.user_delete(actor=request.user, user=obj)
+
+    def delete_queryset(self, request, queryset):
+        for user in queryset:
+            services.user_delete(actor=request.user, user=user)
+
+    def user_change_password(self, request, id, form_url=""):
+        with transaction.atomic():
+            response = super().user_change_password(request, id, form_url)
+            if request.method == "POST" and response.status_code == 302:
+                services.user_password_changed(actor=request.user, user=User.objects.get(pk=unquote(id)))
+        return response

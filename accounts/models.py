@@ -9,6 +9,8 @@ from accounts.roles import Role
 class User(AbstractUser):
     """A person who signs in: a director or a viewer of one or more accounts (see Membership)."""
 
+    history = HistoricalRecords(excluded_fields=["password", "last_login"])
+
 
 class Account(models.Model):
     """A trading account: the company's or one director's. Everything it owns is isolated from the others."""

@@ -12,7 +12,7 @@ from django.db import models
 from accounts.roles import roles_for
 
 
-def _unrestricted(user) -> bool | None:
+def unrestricted(user) -> bool | None:
     """True: every row; False: no row; None: filter by membership."""
     if user is None or not user.is_authenticated or not user.is_active:
         return False
@@ -27,22 +27,22 @@ def member_account_ids(user, action: str) -> models.QuerySet:
     return membership.objects.filter(user=user, role__in=roles_for(action)).values("account_id")
 
 
-class AccountQuerySet(models.QuerySet):
-    def for_user(self, user, action: str = "view") -> AccountQuerySet:
+class ScopedQuerySet(models.QuerySet):
+    """``for_user`` over the field named by ``scope_field`` (an account id)."""
+
+    scope_field = "account_id"
+
+    def for_user(self, user, action: str = "view"):
         roles_for(action)
-        unrestricted = _unrestricted(user)
-        if unrestricted is not None:
-            return self if unrestricted else self.none()
-        return self.filter(pk__in=member_account_ids(user, action))
+        everything = unrestricted(user)
+        if everything is not None:
+            return self if everything else self.none()
+        return self.filter(**{f"{self.scope_field}__in": member_account_ids(user, action)})
 
 
-class AccountOwnedQuerySet(models.QuerySet):
-    def for_user(self, user, action: str = "view") -> AccountOwnedQuerySet:
-        roles_for(action)
-        unrestricted = _unrestricted(user)
-        if unrestricted is not None:
-            return self if unrestricted else self.none()
-        return self.filter(account_id__in=member_account_ids(user, action))
+class AccountQuerySet(ScopedQuerySet):
+    scope_field = "pk"
 
-    def for_account(self, account) -> AccountOwnedQuerySet:
-        return self.filter(account=account)
+
+class AccountOwnedQuerySet(ScopedQuerySet):
+    scope_field = "account_id"

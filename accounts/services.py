@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 
@@ -28,9 +29,70 @@ def _lock_account(account: Account) -> Account:
     return Account.objects.select_for_update().get(pk=account.pk)
 
 
-def account_create(*, actor, name: str, slug: str, kind: str) -> Account:
+def user_create(*, actor, username: str, email: str, password: str, is_staff: bool = True) -> User:
+    """A person who can sign in (staff: the admin). ``password`` must pass the password validators."""
+    _require_superuser(actor, "create users")
+    user = User(username=username, email=email, is_staff=is_staff)
+    validate_password(password, user=user)
+    user.set_password(password)
+    user.full_clean()
+    with transaction.atomic():
+        user.save()
+        audit_record(
+            actor=actor, action="user.created", target=user, details={"username": username, "staff": is_staff}
+        )
+    return user
+
+
+def _require_superuser(actor, what: str) -> None:
     if not isinstance(actor, SystemActor) and not (actor.is_active and actor.is_superuser):
-        raise PermissionDenied("Only a superuser or a platform command may create accounts.")
+        raise PermissionDenied(f"Only a superuser or a platform command may {what}.")
+
+
+def user_save(*, actor, user: User, created: bool, changed_fields: list[str]) -> User:
+    """Save a user edited in the admin (by a superuser), with an audit event naming what changed."""
+    _require_superuser(actor, "edit users")
+    with transaction.atomic():
+        _history_user(user, actor)
+        user.save()
+        audit_record(
+            actor=actor,
+            action="user.created" if created else "user.changed",
+            target=user,
+            details={
+                "username": user.get_username(),
+                "changed": sorted(set(changed_fields) - {"password", "password1", "password2"}),
+                "active": user.is_active,
+                "staff": user.is_staff,
+                "superuser": user.is_superuser,
+            },
+        )
+    return user
+
+
+def user_password_changed(*, actor, user: User) -> None:
+    """Record that ``actor`` set ``user``'s password (the password itself is never recorded)."""
+    with transaction.atomic():
+        audit_record(
+            actor=actor,
+            action="user.password_changed",
+            target=user,
+            details={"username": user.get_username()},
+        )
+
+
+def user_delete(*, actor, user: User) -> None:
+    _require_superuser(actor, "delete users")
+    with transaction.atomic():
+        audit_record(
+            actor=actor, action="user.deleted", target=user, details={"username": user.get_username()}
+        )
+        _history_user(user, actor)
+        user.delete()
+
+
+def account_create(*, actor, name: str, slug: str, kind: str) -> Account:
+    _require_superuser(actor, "create accounts")
     account = Account(name=name, slug=slug, kind=kind)
     account.full_clean()
     with transaction.atomic():

@@ -148,3 +148,40 @@ def test_accounts_are_never_deleted_from_the_admin(firm, as_user):
     )
     assert response.status_code == 403
     assert Account.objects.filter(pk=firm.alice_account.pk).exists()
+
+
+def test_membership_form_never_offers_superusers(firm, as_user):
+    page = as_user(firm.owner).get(reverse("admin:accounts_membership_add"))
+    offered = set(page.context["adminform"].form.fields["user"].queryset.values_list("username", flat=True))
+    assert "root" not in offered
+    assert {"carol", "dave"} <= offered
+
+
+def test_user_admin_is_for_superusers_only(firm, as_user):
+    assert as_user(firm.owner).get(reverse("admin:accounts_user_changelist")).status_code == 403
+
+
+def test_user_edits_in_the_admin_are_audited_with_history(firm, as_user):
+    client = as_user(firm.superuser)
+    user = firm.viewer
+    url = reverse("admin:accounts_user_change", args=[user.pk])
+    form = client.get(url).context["adminform"].form
+    data = {name: value for name, value in form.initial.items() if value is not None and name != "password"}
+    data.update(is_superuser="on", is_staff="on", is_active="on", groups=[], user_permissions=[])
+    data.pop("last_login", None)
+    data["date_joined_0"], data["date_joined_1"] = user.date_joined.strftime("%Y-%m-%d"), "00:00:00"
+    response = client.post(url, data)
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    event = AuditEvent.objects.get(action="user.changed")
+    assert event.actor == "user:root"
+    assert event.details["superuser"] is True
+    assert "is_superuser" in event.details["changed"]
+    assert user.history.first().history_user == firm.superuser
+
+    password_url = reverse("admin:auth_user_password_change", args=[user.pk])
+    response = client.post(
+        password_url, {"password1": "a-new-long-password-42", "password2": "a-new-long-password-42"}
+    )
+    assert response.status_code == 302
+    changed = AuditEvent.objects.get(action="user.password_changed")
+    assert "a-new-long-password-42" not in changed.details_json

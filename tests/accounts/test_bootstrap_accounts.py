@@ -119,3 +119,51 @@ def test_a_second_company_is_refused(capsys):
     bootstrap(capsys=capsys)
     with pytest.raises(CommandError, match="already exists as 'Firm'"):
         call_command("bootstrap_accounts", "--company", "Other Firm", "--director", "alice:alice@example.com")
+
+
+@pytest.mark.django_db
+def test_user_names_with_the_same_slug_are_refused():
+    with pytest.raises(CommandError, match="already taken by johnsmith's account"):
+        call_command(
+            "bootstrap_accounts",
+            "--company",
+            "Firm",
+            "--director",
+            "johnsmith:j@example.com",
+            "--director",
+            "john.smith:js@example.com",
+        )
+    assert Account.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_a_new_director_never_joins_someone_elses_account(capsys):
+    call_command("bootstrap_accounts", "--company", "Firm", "--director", "johnsmith:j@example.com")
+    with pytest.raises(CommandError, match=r"is not john\.smith's own director account"):
+        call_command("bootstrap_accounts", "--company", "Firm", "--director", "john.smith:js@example.com")
+    assert not User.objects.filter(username="john.smith").exists()
+    assert set(Membership.objects.values_list("user__username", flat=True)) == {"johnsmith"}
+
+
+@pytest.mark.django_db
+def test_one_password_variable_for_two_users_is_refused(monkeypatch):
+    monkeypatch.setenv("AETHER_PASSWORD_JOHN_SMITH", "a-long-env-password-42")
+    with pytest.raises(CommandError, match="AETHER_PASSWORD_JOHN_SMITH would set the password of"):
+        call_command(
+            "bootstrap_accounts",
+            "--company",
+            "Firm",
+            "--director",
+            "john.smith:a@example.com",
+            "--director",
+            "john_smith:b@example.com",
+        )
+    assert User.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_audit_details_carry_no_email(capsys):
+    bootstrap(capsys=capsys)
+    created = AuditEvent.objects.filter(action="user.created")
+    assert created.count() == 2
+    assert all("@" not in event.details_json for event in created)

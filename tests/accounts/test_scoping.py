@@ -78,8 +78,11 @@ def test_audit_events_are_scoped_and_never_writable(firm):
     def actions(user, action="view"):
         return sorted(AuditEvent.objects.for_user(user, action).values_list("action", flat=True))
 
-    assert actions(firm.viewer) == ["test.alice", "test.platform"]
-    assert actions(firm.outsider) == ["test.bob", "test.platform"]
+    # Platform-wide events are for directors; viewers see only their accounts' events.
+    assert actions(firm.owner) == ["test.alice", "test.platform"]
+    assert actions(firm.director) == ["test.bob", "test.platform"]
+    assert actions(firm.viewer) == ["test.alice"]
+    assert actions(firm.outsider) == ["test.bob"]
     assert actions(firm.superuser) == ["test.alice", "test.bob", "test.platform"]
     assert actions(firm.superuser, "change") == []
     assert actions(AnonymousUser()) == []
