@@ -1,0 +1,70 @@
+"""Sync the spot USD universe from Kraken's AssetPairs (live, or a committed snapshot when offline)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import ccxt
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from governance.actors import SystemActor
+from trading.marketdata.kraken_rest import fetch_asset_pairs
+from trading.services import universe_sync
+
+SNAPSHOT = Path(__file__).resolve().parents[2] / "data" / "kraken_asset_pairs_2026-09-25.json"
+
+
+class Command(BaseCommand):
+    help = (
+        "Create or update the Kraken spot USD instruments from AssetPairs (KRAKEN_API_URL). Idempotent and "
+        "audited; says what changed. Pairs not quoted in USD or not spot are left out with the reason; "
+        "pairs Kraken no longer lists are marked delisted. --from-file loads a recorded answer instead "
+        f"(default snapshot: {SNAPSHOT.name}), for machines without internet."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--from-file",
+            nargs="?",
+            const=str(SNAPSHOT),
+            metavar="FILE",
+            help="a recorded AssetPairs answer; without FILE, the committed snapshot",
+        )
+
+    def handle(self, *args, **options) -> None:
+        path = options["from_file"]
+        if path:
+            answer, source = self._read(Path(path)), f"file:{Path(path).name}"
+        else:
+            try:
+                answer = fetch_asset_pairs()
+            except ccxt.BaseError as exc:
+                raise CommandError(
+                    f"Kraken AssetPairs failed ({type(exc).__name__}: {exc}); offline, use --from-file"
+                ) from None
+            source = "kraken_api"
+        try:
+            report = universe_sync(
+                actor=SystemActor("sync_universe"), answer=answer, source=source, delist_missing=not path
+            )
+        except ValueError as exc:
+            raise CommandError(f"{source}: {exc}") from None
+        for symbol in report.created:
+            self.stdout.write(f"created {symbol}")
+        for symbol, diff in report.changed.items():
+            changes = ", ".join(f"{name} {before} → {after}" for name, (before, after) in diff.items())
+            self.stdout.write(f"changed {symbol}: {changes}")
+        for symbol in report.delisted:
+            self.stdout.write(self.style.WARNING(f"delisted {symbol}: no longer in Kraken's AssetPairs"))
+        for name, reason in report.rejected:
+            self.stdout.write(f"left out {name}: {reason}")
+        self.stdout.write(self.style.SUCCESS(report.summary()))
+
+    def _read(self, path: Path) -> dict:
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise CommandError(f"--from-file {path}: file not found") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CommandError(f"--from-file {path}: not a JSON AssetPairs answer ({exc})") from None

@@ -1,0 +1,38 @@
+"""Reads of market data."""
+
+from __future__ import annotations
+
+from django.conf import settings
+
+from trading.models import Candle, Instrument
+
+
+class UniverseError(Exception):
+    """A traded pair that is not a tradable Kraken spot USD instrument; the message says which and why."""
+
+
+def traded_instruments(symbols: list[str] | None = None) -> list[Instrument]:
+    """The configured traded pairs (``AETHER_PAIRS``), each checked against the synced universe. Never
+    silently drops a pair: any that is unknown, not USD, or not online is an error naming it."""
+    symbols = list(settings.AETHER_PAIRS if symbols is None else symbols)
+    found = {instrument.symbol: instrument for instrument in Instrument.objects.filter(symbol__in=symbols)}
+    problems = []
+    for symbol in symbols:
+        instrument = found.get(symbol)
+        if instrument is None:
+            problems.append(f"{symbol} is not in the synced spot USD universe (run manage.py sync_universe)")
+        elif not instrument.tradable:
+            problems.append(f"{symbol} is {instrument.status} on Kraken")
+    if problems:
+        raise UniverseError("AETHER_PAIRS: " + "; ".join(problems))
+    return [found[symbol] for symbol in symbols]
+
+
+def closed_candles(*, instrument: Instrument, timeframe: int, since=None, until=None):
+    """Closed bars only, oldest first: what every decision reads."""
+    candles = Candle.objects.filter(instrument=instrument, timeframe=timeframe, closed=True)
+    if since is not None:
+        candles = candles.filter(open_time__gte=since)
+    if until is not None:
+        candles = candles.filter(open_time__lt=until)
+    return candles.order_by("open_time")

@@ -1,0 +1,181 @@
+"""Writers of the market-data tables: the universe and candles."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from django.db import transaction
+from django.utils import timezone
+
+from governance.services import audit_record
+from trading.candles import CandleRow, check_timeframe
+from trading.kraken_pairs import PairFacts, parse_asset_pairs
+from trading.models import Candle, Instrument
+
+FACT_FIELDS = (
+    "kraken_pair",
+    "altname",
+    "wsname",
+    "base",
+    "quote",
+    "base_asset",
+    "ordermin",
+    "costmin",
+    "tick_size",
+    "pair_decimals",
+    "lot_decimals",
+    "cost_decimals",
+    "status",
+)
+
+
+@dataclass
+class UniverseSyncReport:
+    source: str
+    created: list[str] = field(default_factory=list)
+    changed: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # symbol → field → [before, after]
+    delisted: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"sync_universe ({self.source}): {len(self.created)} created, {len(self.changed)} changed, "
+            f"{len(self.delisted)} delisted, {len(self.unchanged)} unchanged, {len(self.rejected)} left out "
+            "(not spot USD)"
+        )
+
+    def details(self) -> dict:
+        return {
+            "source": self.source,
+            "created": self.created,
+            "changed": self.changed,
+            "delisted": self.delisted,
+            "unchanged": len(self.unchanged),
+            "rejected": [f"{name}: {reason}" for name, reason in self.rejected],
+        }
+
+
+def _facts_dict(facts: PairFacts) -> dict:
+    return {name: getattr(facts, name) for name in FACT_FIELDS}
+
+
+def universe_sync(*, actor, answer: dict, source: str, delist_missing: bool) -> UniverseSyncReport:
+    """Apply a Kraken AssetPairs answer: create or update the spot USD instruments it lists and, when
+    ``delist_missing`` (a full live answer), mark instruments it no longer lists as delisted. One
+    transaction, one audit event naming what changed."""
+    universe = parse_asset_pairs(answer)
+    report = UniverseSyncReport(source=source, rejected=list(universe.rejected))
+    now = timezone.now()
+    with transaction.atomic():
+        existing = {instrument.symbol: instrument for instrument in Instrument.objects.select_for_update()}
+        for facts in universe.pairs:
+            values = _facts_dict(facts)
+            instrument = existing.get(facts.symbol)
+            if instrument is None:
+                Instrument.objects.create(symbol=facts.symbol, source=source, synced_at=now, **values)
+                report.created.append(facts.symbol)
+                continue
+            diff = {
+                name: [str(getattr(instrument, name)), str(value)]
+                for name, value in values.items()
+                if _differs(getattr(instrument, name), value)
+            }
+            instrument.source, instrument.synced_at = source, now
+            for name, value in values.items():
+                setattr(instrument, name, value)
+            instrument.save()
+            if diff:
+                report.changed[facts.symbol] = diff
+            else:
+                report.unchanged.append(facts.symbol)
+        if delist_missing:
+            listed = {facts.symbol for facts in universe.pairs}
+            for symbol, instrument in existing.items():
+                if symbol not in listed and instrument.status != Instrument.Status.DELISTED:
+                    instrument.status, instrument.synced_at = Instrument.Status.DELISTED, now
+                    instrument.save()
+                    report.delisted.append(symbol)
+        audit_record(actor=actor, action="universe.synced", details=report.details())
+    return report
+
+
+def _differs(current, new) -> bool:
+    if isinstance(new, Decimal):
+        return Decimal(current) != new
+    return current != new
+
+
+@dataclass(frozen=True)
+class UpsertResult:
+    inserted: int
+    updated: int
+    kept: int  # rows not written: a forming bar over a closed one, or a lower-precedence source
+
+    @property
+    def written(self) -> int:
+        return self.inserted + self.updated
+
+
+# Kraken's own data wins over CoinGecko's: a CoinGecko bar never replaces one from Kraken.
+INSERT_ONLY_SOURCES = frozenset({Candle.Source.COINGECKO})
+UPDATE_FIELDS = ["open", "high", "low", "close", "volume", "trades", "closed", "source", "updated_at"]
+
+
+def candles_upsert(
+    *, instrument: Instrument, timeframe: int, rows: Iterable[CandleRow], source: str, batch_size: int = 2000
+) -> UpsertResult:
+    """Insert or update bars, idempotently: unique per (instrument, timeframe, open time). Duplicates in
+    ``rows`` keep the last; order does not matter. A forming bar never overwrites a closed one, and a
+    CoinGecko bar never overwrites an existing bar."""
+    check_timeframe(timeframe)
+    by_time: dict = {}
+    for row in rows:
+        by_time[row.open_time] = row
+    if not by_time:
+        return UpsertResult(0, 0, 0)
+    times = sorted(by_time)
+    now = timezone.now()
+    with transaction.atomic():
+        existing = dict(
+            Candle.objects.filter(
+                instrument=instrument, timeframe=timeframe, open_time__gte=times[0], open_time__lte=times[-1]
+            ).values_list("open_time", "closed")
+        )
+        insert_only = source in INSERT_ONLY_SOURCES
+        to_write, inserted, updated, kept = [], 0, 0, 0
+        for moment in times:
+            row = by_time[moment]
+            if moment in existing:
+                if insert_only or (existing[moment] and not row.closed):
+                    kept += 1
+                    continue
+                updated += 1
+            else:
+                inserted += 1
+            to_write.append(
+                Candle(
+                    instrument=instrument,
+                    timeframe=timeframe,
+                    open_time=moment,
+                    open=row.open,
+                    high=row.high,
+                    low=row.low,
+                    close=row.close,
+                    volume=row.volume,
+                    trades=row.trades,
+                    closed=row.closed,
+                    source=source,
+                    updated_at=now,
+                )
+            )
+        Candle.objects.bulk_create(
+            to_write,
+            batch_size=batch_size,
+            update_conflicts=True,
+            unique_fields=["instrument", "timeframe", "open_time"],
+            update_fields=UPDATE_FIELDS,
+        )
+    return UpsertResult(inserted, updated, kept)
