@@ -19,6 +19,14 @@ from accounts.roles import Role
 from governance import triggers
 from tests.factories import AccountFactory, MembershipFactory, UserFactory
 
+pytest_plugins = ["tests.fakes.fixtures"]
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings):
+    """PBKDF2's deliberate slowness is for real passwords; tests only need hashing to work."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
 
 def is_postgresql() -> bool:
     return connection.vendor == "postgresql"
@@ -98,3 +106,22 @@ def tamper_bypassing_triggers(sql: str, params=()) -> None:
             triggers.uninstall(cursor, vendor)
             cursor.execute(sql, params)
             triggers.install(cursor, vendor)
+
+
+@pytest.fixture
+def universe(db):
+    """BTC/USD, ETH/USD and SOL/USD from the committed AssetPairs snapshot, keyed by symbol."""
+    import json
+
+    from governance.actors import SystemActor
+    from trading.management.commands.sync_universe import SNAPSHOT
+    from trading.models import Instrument
+    from trading.services import universe_sync
+
+    universe_sync(
+        actor=SystemActor("tests"),
+        answer=json.loads(SNAPSHOT.read_text()),
+        source="file:snapshot",
+        delist_missing=False,
+    )
+    return {instrument.symbol: instrument for instrument in Instrument.objects.all()}
