@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import hmac
 import logging
+from datetime import timedelta
 
 import redis
 from django.conf import settings
 from django.db import DatabaseError, connections
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils import timezone
 from django_prometheus.exports import ExportToDjangoView
 
 from aether_site.redaction import redact_url
@@ -54,6 +56,45 @@ def check_audit_protection() -> dict:
     return {"ok": True}
 
 
+def check_market_data() -> dict:
+    """The traded pairs against the synced universe (a bad pair is not ready), plus which candle store
+    this database gives."""
+    from trading.selectors import UniverseError, traded_instruments
+    from trading.storage import candle_store_kind
+
+    report = {"ok": True, "candle_store": candle_store_kind(connections["default"])}
+    try:
+        report["pairs"] = [instrument.symbol for instrument in traded_instruments()]
+    except UniverseError as exc:
+        report.update(ok=False, error=str(exc))
+    report["stale_pairs"] = stale_pairs()
+    return report
+
+
+def stale_pairs() -> list[str]:
+    """Traded pairs the live feed has not heard from lately. Reported, not failing readiness: the admin
+    must stay reachable while Kraken is quiet; risk refuses to trade a stale pair. The age check also
+    catches a feed that died without marking anything stale."""
+    from trading.models import FeedStatus
+
+    # The feed flushes its status every few seconds: allow for that beyond the staleness window.
+    cutoff = timezone.now() - timedelta(seconds=settings.MARKET_STALE_SECONDS + 5)
+    statuses = {
+        status.instrument.symbol: status
+        for status in FeedStatus.objects.select_related("instrument").filter(
+            instrument__symbol__in=settings.AETHER_PAIRS
+        )
+    }
+    return [
+        symbol
+        for symbol in settings.AETHER_PAIRS
+        if (status := statuses.get(symbol)) is None
+        or status.stale
+        or status.last_message_at is None
+        or status.last_message_at < cutoff
+    ]
+
+
 def check_redis() -> dict:
     if not settings.REDIS_URL:
         return {"ok": True, "mode": "embedded (REDIS_URL not set)"}
@@ -80,6 +121,7 @@ def readyz(request: HttpRequest) -> HttpResponse:
     checks = {"database": check_database(), "redis": check_redis()}
     if checks["database"]["ok"]:
         checks["audit_protection"] = check_audit_protection()
+        checks["market_data"] = check_market_data()
     ready = all(check["ok"] for check in checks.values())
     return JsonResponse(
         {"status": "ready" if ready else "unavailable", "checks": checks}, status=200 if ready else 503

@@ -153,6 +153,33 @@ if REDIS_URL:
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
+# --- Market data ------------------------------------------------------------------------------------------
+
+# Endpoints are settings so tests and operators can point every client elsewhere.
+KRAKEN_API_URL = env.str("KRAKEN_API_URL", "https://api.kraken.com")
+KRAKEN_WS_URL = env.str("KRAKEN_WS_URL", "wss://ws.kraken.com/v2")
+COINGECKO_PLAN = env.choice("COINGECKO_PLAN", "demo", ("demo", "pro"))
+COINGECKO_API_KEY = env.str("COINGECKO_API_KEY")
+COINGECKO_API_URL = env.str(
+    "COINGECKO_API_URL",
+    "https://pro-api.coingecko.com/api/v3" if COINGECKO_PLAN == "pro" else "https://api.coingecko.com/api/v3",
+)
+# The pairs Aether trades: Kraken WebSocket v2 names, checked against the synced universe.
+AETHER_PAIRS = env.list("AETHER_PAIRS", ["BTC/USD", "ETH/USD", "SOL/USD"])
+AETHER_TIMEFRAME = int(env.choice("AETHER_TIMEFRAME", "60", ("1", "5", "15", "30", "60", "240", "1440")))
+MARKET_STALE_SECONDS = env.int("MARKET_STALE_SECONDS", 90, minimum=5)
+# run_market_feed serves its own Prometheus metrics on this port (0: not served).
+MARKET_FEED_METRICS_PORT = env.int("MARKET_FEED_METRICS_PORT", 0, minimum=0)
+
+# Live ticks go to websocket consumers through the channel layer: Redis when REDIS_URL is set; in
+# embedded mode (no REDIS_URL, one machine) the in-process layer, which reaches consumers in the same process.
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
 # --- Auth -----------------------------------------------------------------------------------------------
 
 AUTH_USER_MODEL = "accounts.User"

@@ -39,7 +39,7 @@ def test_healthz_needs_nothing(client):
     assert response.json() == {"status": "ok"}
 
 
-def test_readyz_is_ready_when_the_database_answers(db, client, settings):
+def test_readyz_is_ready_when_the_database_answers(universe, client, settings):
     settings.REDIS_URL = None
     response = client.get("/readyz")
     assert response.status_code == 200
@@ -47,6 +47,38 @@ def test_readyz_is_ready_when_the_database_answers(db, client, settings):
     assert body["status"] == "ready"
     assert body["checks"]["database"] == {"ok": True}
     assert "embedded" in body["checks"]["redis"]["mode"]
+    assert body["checks"]["market_data"]["pairs"] == ["BTC/USD", "ETH/USD", "SOL/USD"]
+    assert body["checks"]["market_data"]["candle_store"].startswith("plain indexed table")
+    assert body["checks"]["market_data"]["stale_pairs"] == ["BTC/USD", "ETH/USD", "SOL/USD"]  # no feed yet
+
+
+def test_readyz_names_pairs_the_feed_has_not_heard_from_lately(universe, client, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from trading.models import FeedStatus
+
+    settings.REDIS_URL = None
+    now = timezone.now()
+    FeedStatus.objects.create(instrument=universe["BTC/USD"], last_message_at=now, stale=False)
+    FeedStatus.objects.create(
+        instrument=universe["ETH/USD"], last_message_at=now - timedelta(hours=1), stale=False
+    )
+    FeedStatus.objects.create(instrument=universe["SOL/USD"], last_message_at=now, stale=True)
+    response = client.get("/readyz")
+    assert response.status_code == 200  # staleness is reported; it does not take the admin down
+    assert response.json()["checks"]["market_data"]["stale_pairs"] == ["ETH/USD", "SOL/USD"]
+
+
+def test_readyz_is_503_until_the_traded_pairs_are_in_the_universe(universe, client, settings):
+    settings.REDIS_URL = None
+    settings.AETHER_PAIRS = ["BTC/USD", "BTC/EUR"]
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    check = response.json()["checks"]["market_data"]
+    assert check["ok"] is False
+    assert "BTC/EUR is not in the synced spot USD universe" in check["error"]
 
 
 def test_readyz_is_503_with_a_reason_when_the_database_is_unreachable(unreachable_database, client, settings):
@@ -71,7 +103,7 @@ def test_readyz_is_503_when_redis_is_configured_but_unreachable(db, client, sett
 
 
 @pytest.mark.redis
-def test_readyz_checks_the_configured_redis(db, client, settings):
+def test_readyz_checks_the_configured_redis(universe, client, settings):
     if not os.environ.get("REDIS_URL"):
         pytest.skip("needs REDIS_URL (CI sets it)")
     settings.REDIS_URL = os.environ["REDIS_URL"]
@@ -110,7 +142,7 @@ def test_metrics_want_the_bearer_token_when_one_is_set(db, client, settings):
     assert b"django_http_requests" in allowed.content
 
 
-def test_readyz_is_503_when_the_audit_triggers_are_missing(db, client, settings):
+def test_readyz_is_503_when_the_audit_triggers_are_missing(universe, client, settings):
     settings.REDIS_URL = None
     with connection.cursor() as cursor:
         triggers.uninstall(cursor, connection.vendor)  # rolled back with the test's transaction
