@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 
 from django.db import transaction
@@ -38,13 +39,15 @@ class UniverseSyncReport:
     changed: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # symbol → field → [before, after]
     delisted: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
+    kept_newer: list[str] = field(default_factory=list)  # stored facts newer than the answer's date
     rejected: list[tuple[str, str]] = field(default_factory=list)
 
     def summary(self) -> str:
+        kept = f", {len(self.kept_newer)} kept (newer facts on record)" if self.kept_newer else ""
         return (
             f"sync_universe ({self.source}): {len(self.created)} created, {len(self.changed)} changed, "
-            f"{len(self.delisted)} delisted, {len(self.unchanged)} unchanged, {len(self.rejected)} left out "
-            "(not spot USD)"
+            f"{len(self.delisted)} delisted, {len(self.unchanged)} unchanged{kept}, "
+            f"{len(self.rejected)} left out (not spot USD)"
         )
 
     def details(self) -> dict:
@@ -54,6 +57,7 @@ class UniverseSyncReport:
             "changed": self.changed,
             "delisted": self.delisted,
             "unchanged": len(self.unchanged),
+            "kept_newer": self.kept_newer,
             "rejected": [f"{name}: {reason}" for name, reason in self.rejected],
         }
 
@@ -62,10 +66,13 @@ def _facts_dict(facts: PairFacts) -> dict:
     return {name: getattr(facts, name) for name in FACT_FIELDS}
 
 
-def universe_sync(*, actor, answer: dict, source: str, delist_missing: bool) -> UniverseSyncReport:
+def universe_sync(
+    *, actor, answer: dict, source: str, delist_missing: bool, as_of: datetime | None = None
+) -> UniverseSyncReport:
     """Apply a Kraken AssetPairs answer: create or update the spot USD instruments it lists and, when
-    ``delist_missing`` (a full live answer), mark instruments it no longer lists as delisted. One
-    transaction, one audit event naming what changed."""
+    ``delist_missing`` (a full live answer), mark instruments it no longer lists as delisted. ``as_of`` is
+    when a recorded answer was taken: facts synced after it are newer and are kept. One transaction, one
+    audit event naming what changed."""
     universe = parse_asset_pairs(answer)
     report = UniverseSyncReport(source=source, rejected=list(universe.rejected))
     now = timezone.now()
@@ -75,15 +82,20 @@ def universe_sync(*, actor, answer: dict, source: str, delist_missing: bool) -> 
             values = _facts_dict(facts)
             instrument = existing.get(facts.symbol)
             if instrument is None:
-                Instrument.objects.create(symbol=facts.symbol, source=source, synced_at=now, **values)
+                Instrument.objects.create(
+                    symbol=facts.symbol, source=source, synced_at=as_of or now, **values
+                )
                 report.created.append(facts.symbol)
+                continue
+            if as_of is not None and instrument.synced_at > as_of:
+                report.kept_newer.append(facts.symbol)
                 continue
             diff = {
                 name: [str(getattr(instrument, name)), str(value)]
                 for name, value in values.items()
                 if _differs(getattr(instrument, name), value)
             }
-            instrument.source, instrument.synced_at = source, now
+            instrument.source, instrument.synced_at = source, as_of or now
             for name, value in values.items():
                 setattr(instrument, name, value)
             instrument.save()

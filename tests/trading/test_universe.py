@@ -102,6 +102,18 @@ def test_a_live_sync_reports_changes_and_delists_what_kraken_dropped(universe):
     assert Instrument.objects.get(symbol="BTC/USD").history.count() == 2
 
 
+def test_an_older_snapshot_never_replaces_newer_live_facts(db, capsys):
+    live = json.loads(SNAPSHOT.read_text())
+    live["result"]["XXBTZUSD"]["ordermin"] = "0.0001"  # what a live sync after the snapshot said
+    universe_sync(actor=SYSTEM, answer=live, source="kraken_api", delist_missing=True)
+    call_command("sync_universe", "--from-file")
+    out = capsys.readouterr().out
+    assert "kept BTC/USD: the facts on record are newer" in out
+    assert "3 kept (newer facts on record)" in out
+    assert Instrument.objects.get(symbol="BTC/USD").ordermin == Decimal("0.0001")
+    assert Instrument.objects.get(symbol="BTC/USD").source == "kraken_api"
+
+
 def test_traded_pairs_are_checked_against_the_universe(universe, settings):
     assert [i.symbol for i in traded_instruments()] == ["BTC/USD", "ETH/USD", "SOL/USD"]
     Instrument.objects.filter(symbol="ETH/USD").update(status="cancel_only")

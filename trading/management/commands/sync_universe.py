@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import ccxt
@@ -34,8 +35,10 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options) -> None:
         path = options["from_file"]
+        as_of = None
         if path:
             answer, source = self._read(Path(path)), f"file:{Path(path).name}"
+            as_of = self._recorded_at(answer, Path(path))
         else:
             try:
                 answer = fetch_asset_pairs()
@@ -46,7 +49,11 @@ class Command(BaseCommand):
             source = "kraken_api"
         try:
             report = universe_sync(
-                actor=SystemActor("sync_universe"), answer=answer, source=source, delist_missing=not path
+                actor=SystemActor("sync_universe"),
+                answer=answer,
+                source=source,
+                delist_missing=not path,
+                as_of=as_of,
             )
         except ValueError as exc:
             raise CommandError(f"{source}: {exc}") from None
@@ -57,9 +64,23 @@ class Command(BaseCommand):
             self.stdout.write(f"changed {symbol}: {changes}")
         for symbol in report.delisted:
             self.stdout.write(self.style.WARNING(f"delisted {symbol}: no longer in Kraken's AssetPairs"))
+        for symbol in report.kept_newer:
+            self.stdout.write(f"kept {symbol}: the facts on record are newer than {path}")
         for name, reason in report.rejected:
             self.stdout.write(f"left out {name}: {reason}")
         self.stdout.write(self.style.SUCCESS(report.summary()))
+
+    def _recorded_at(self, answer: dict, path: Path) -> datetime:
+        """When a recorded answer was taken: its ``recorded_at`` date, else the file's modification time."""
+        recorded = answer.get("recorded_at") if isinstance(answer, dict) else None
+        if recorded:
+            try:
+                return datetime.fromisoformat(recorded).replace(tzinfo=UTC)
+            except ValueError:
+                raise CommandError(
+                    f"--from-file {path}: recorded_at={recorded!r} is not an ISO date"
+                ) from None
+        return datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)
 
     def _read(self, path: Path) -> dict:
         try:
