@@ -29,6 +29,7 @@ install: $(UV)
 # Embedded mode: whatever DATABASE_URL / REDIS_URL / AETHER_ENV the shell has, `make run` ignores them.
 run: install
 	env -u DATABASE_URL -u REDIS_URL -u AETHER_ENV $(MANAGE) migrate --noinput
+	env -u DATABASE_URL -u REDIS_URL -u AETHER_ENV $(MANAGE) sync_universe --from-file
 	env -u DATABASE_URL -u REDIS_URL -u AETHER_ENV $(MANAGE) bootstrap_accounts --company "$(COMPANY)" \
 		$(foreach d,$(DIRECTORS),--director $(d))
 	@echo "Admin: http://$(HOST)/admin/ (sign in as a director above; passwords are printed only when created)"
