@@ -43,3 +43,42 @@ def published_rates(volume_30d_usd: Decimal = Decimal(0)) -> FeeRates:
         if volume_30d_usd >= threshold:
             rates = tier
     return rates
+
+
+@dataclass(frozen=True, slots=True)
+class TradeVolume:
+    """An account's answer from Kraken's private TradeVolume endpoint."""
+
+    volume_30d_usd: Decimal
+    rates: dict[str, FeeRates]  # by Kraken pair key, e.g. "XXBTZUSD"
+
+
+def _percent(entry, where: str) -> Decimal:
+    try:
+        value = Decimal(str(entry["fee"]))
+    except (KeyError, TypeError, ArithmeticError):
+        raise ValueError(f"TradeVolume {where}: no readable 'fee'") from None
+    if not value.is_finite() or not Decimal(0) <= value <= Decimal(5):
+        raise ValueError(f"TradeVolume {where}: fee {value} % is not a plausible rate")
+    return value
+
+
+def parse_trade_volume(result) -> TradeVolume:
+    """Kraken's TradeVolume ``result``: ``fees`` are taker rates per pair, ``fees_maker`` maker rates, both
+    in percent. A pair without a maker entry is charged its taker rate (the higher, so never optimistic)."""
+    if not isinstance(result, dict):
+        raise ValueError("TradeVolume answer is not an object")
+    try:
+        volume = Decimal(str(result.get("volume", "0")))
+    except ArithmeticError:
+        raise ValueError(f"TradeVolume volume {result.get('volume')!r} is not a number") from None
+    taker = result.get("fees") or {}
+    maker = result.get("fees_maker") or {}
+    if not isinstance(taker, dict) or not isinstance(maker, dict):
+        raise ValueError("TradeVolume fees are not objects")
+    rates = {}
+    for pair, entry in taker.items():
+        taker_pct = _percent(entry, f"fees[{pair}]")
+        maker_pct = _percent(maker[pair], f"fees_maker[{pair}]") if pair in maker else taker_pct
+        rates[pair] = FeeRates(maker_pct=maker_pct, taker_pct=taker_pct)
+    return TradeVolume(volume_30d_usd=volume, rates=rates)

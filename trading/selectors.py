@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from django.conf import settings
 
-from trading.models import Candle, Instrument
+from trading.fees import FeeRates, published_rates
+from trading.models import AccountFeeTier, Candle, Instrument
 
 
 class UniverseError(Exception):
@@ -36,3 +37,12 @@ def closed_candles(*, instrument: Instrument, timeframe: int, since=None, until=
     if until is not None:
         candles = candles.filter(open_time__lt=until)
     return candles.order_by("open_time")
+
+
+def fee_rates_for(*, account, instrument: Instrument) -> FeeRates:
+    """The rates an order of ``account`` on ``instrument`` pays: its own TradeVolume answer when recorded,
+    else Kraken's published base tier."""
+    tier = AccountFeeTier.objects.filter(account=account, instrument=instrument).first()
+    if tier is None:
+        return published_rates()
+    return FeeRates(maker_pct=tier.maker_pct, taker_pct=tier.taker_pct)

@@ -10,10 +10,12 @@ from decimal import Decimal
 from django.db import transaction
 from django.utils import timezone
 
+from governance.actors import actor_user
 from governance.services import audit_record
 from trading.candles import CandleRow, check_timeframe
+from trading.fees import parse_trade_volume
 from trading.kraken_pairs import PairFacts, parse_asset_pairs
-from trading.models import Candle, Instrument
+from trading.models import AccountFeeTier, Candle, Instrument
 
 FACT_FIELDS = (
     "kraken_pair",
@@ -191,3 +193,55 @@ def candles_upsert(
             update_fields=UPDATE_FIELDS,
         )
     return UpsertResult(inserted, updated, kept)
+
+
+def fee_tier_record(*, actor, account, answer: dict) -> list[AccountFeeTier]:
+    """Store an account's own Kraken fee rates from its TradeVolume ``result``, for every instrument the
+    answer covers, and audit the change (before and after). Until this has run for an account, the
+    published schedule applies (see ``trading.selectors.fee_rates_for``)."""
+    volume = parse_trade_volume(answer)
+    by_pair = {
+        instrument.kraken_pair: instrument
+        for instrument in Instrument.objects.filter(kraken_pair__in=volume.rates)
+    }
+    unknown = sorted(set(volume.rates) - set(by_pair))
+    if unknown:
+        raise ValueError(f"TradeVolume names pairs outside the universe: {', '.join(unknown)}")
+    now = timezone.now()
+    stored, changes = [], {}
+    with transaction.atomic():
+        for pair, rates in sorted(volume.rates.items()):
+            instrument = by_pair[pair]
+            tier = (
+                AccountFeeTier.objects.select_for_update()
+                .filter(account=account, instrument=instrument)
+                .first()
+            )
+            before = None if tier is None else [str(tier.maker_pct), str(tier.taker_pct)]
+            if tier is None:
+                tier = AccountFeeTier(account=account, instrument=instrument)
+            tier.maker_pct, tier.taker_pct = rates.maker_pct, rates.taker_pct
+            tier.volume_30d_usd, tier.fetched_at = volume.volume_30d_usd, now
+            tier._history_user = actor_user(actor)
+            tier.save()
+            after = [str(rates.maker_pct), str(rates.taker_pct)]
+            if before != after:
+                changes[instrument.symbol] = {"before": before, "after": after}
+            stored.append(tier)
+        audit_record(
+            actor=actor,
+            account=account,
+            action="fees.updated",
+            details={"volume_30d_usd": volume.volume_30d_usd, "maker_taker_pct": changes},
+        )
+    return stored
+
+
+def fee_tier_refresh(*, actor, account, client) -> list[AccountFeeTier]:
+    """Ask Kraken (``client``: a ccxt client holding this account's own key) for the account's
+    TradeVolume over the universe's pairs and record it."""
+    pairs = ",".join(
+        Instrument.objects.exclude(status=Instrument.Status.DELISTED).values_list("kraken_pair", flat=True)
+    )
+    answer = client.privatePostTradeVolume({"pair": pairs})
+    return fee_tier_record(actor=actor, account=account, answer=answer.get("result", answer))
