@@ -75,7 +75,7 @@ def main() -> None:
         rows = parse_lines(handle, minutes=60, report=report)
         while batch := list(islice(rows, BATCH)):
             candles_upsert(instrument=instrument, timeframe=60, rows=batch, source=Candle.Source.KRAKEN_CSV)
-    time.perf_counter() - started
+    csv_seconds = time.perf_counter() - started
 
     with args.file.open() as handle:
         parsed = list(parse_lines(handle, minutes=60, report=CsvReport()))
@@ -87,14 +87,23 @@ def main() -> None:
             rows=parsed[index : index + BATCH],
             source=Candle.Source.KRAKEN_CSV,
         )
-    time.perf_counter() - started
+    upsert_seconds = time.perf_counter() - started
 
-    Candle.objects.filter(instrument=instrument, timeframe=60).count()
+    stored = Candle.objects.filter(instrument=instrument, timeframe=60).count()
+    vendor = connection.vendor
     connection.close()
     if bench_db:
         drop_postgres_database(admin_url, bench_db)
     if scratch:
         shutil.rmtree(scratch, ignore_errors=True)
+    if stored != report.rows:
+        sys.exit(f"bench/ingest.py: stored {stored} bars of {report.rows}: the import lost data")
+    print(f"engine: {vendor}; file: {args.file.name}; rows: {report.rows}; stored: {stored}")
+    print(f"csv import: {csv_seconds:.2f} s; upsert of existing bars: {upsert_seconds:.2f} s")
+    print(
+        f"engine={vendor} rows={report.rows} csv_candles_per_s={report.rows / csv_seconds:.0f} "
+        f"upsert_candles_per_s={len(parsed) / upsert_seconds:.0f}"
+    )
 
 
 def recreate_postgres_database(url: str) -> tuple[str, str]:
