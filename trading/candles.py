@@ -8,9 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 
 TIMEFRAMES = (1, 5, 15, 30, 60, 240, 1440, 10080)  # minutes, as Kraken offers them
+
+# What the candle table stores exactly (DecimalField(max_digits=30, decimal_places=12)), and a trade count
+# that fits its integer column. Anything outside is refused here, before it can fail a whole batch.
+QUANTUM = Decimal("0.000000000001")
+LIMIT = Decimal(10) ** 18
+MAX_TRADES = 2**31 - 1
 
 
 class BadCandle(ValueError):
@@ -47,13 +53,17 @@ def close_time(row: CandleRow, minutes: int) -> datetime:
 
 
 def to_decimal(value, field: str) -> Decimal:
+    """``value`` as a Decimal rounded to the stored 12 decimals; refuses non-numbers, non-finite values
+    and magnitudes the table cannot hold."""
     try:
         number = Decimal(str(value))
     except (InvalidOperation, ValueError):
         raise BadCandle(f"{field}={value!r} is not a number") from None
     if not number.is_finite():
         raise BadCandle(f"{field}={value!r} is not finite")
-    return number
+    if abs(number) >= LIMIT:
+        raise BadCandle(f"{field}={value!r} is too large to store")
+    return number.quantize(QUANTUM, rounding=ROUND_HALF_EVEN)
 
 
 def make_row(
@@ -64,6 +74,14 @@ def make_row(
         raise BadCandle("open time has no time zone")
     if floor_time(open_time, minutes) != open_time:
         raise BadCandle(f"open time {open_time.isoformat()} is not aligned to {minutes} minutes")
+    if trades is not None:
+        try:
+            whole = Decimal(str(trades))
+            if not whole.is_finite() or whole != whole.to_integral_value():
+                raise ValueError
+            trades = int(whole)
+        except (InvalidOperation, ValueError):
+            raise BadCandle(f"trades={trades!r} is not a whole number") from None
     row = CandleRow(
         open_time=open_time.astimezone(UTC),
         open=to_decimal(open, "open"),
@@ -71,13 +89,15 @@ def make_row(
         low=to_decimal(low, "low"),
         close=to_decimal(close, "close"),
         volume=to_decimal(volume, "volume"),
-        trades=None if trades is None else int(trades),
+        trades=trades,
         closed=closed,
     )
     if min(row.open, row.high, row.low, row.close) <= 0:
-        raise BadCandle("prices must be positive")
+        raise BadCandle("prices must be positive (after rounding to 12 decimals)")
     if not row.low <= min(row.open, row.close) or not max(row.open, row.close) <= row.high:
         raise BadCandle(f"inconsistent OHLC: o={row.open} h={row.high} l={row.low} c={row.close}")
     if row.volume < 0 or (row.trades is not None and row.trades < 0):
         raise BadCandle("volume and trade count cannot be negative")
+    if row.trades is not None and row.trades > MAX_TRADES:
+        raise BadCandle(f"trade count {row.trades} is too large to store")
     return row

@@ -78,14 +78,13 @@ def parse_pair(kraken_pair: str, entry: Mapping[str, Any]) -> PairFacts:
     base_code, quote_code = wsname.split("/")
     if quote_code != QUOTE or entry.get("quote") != "ZUSD":
         raise PairRejected(f"quoted in {quote_code}, not USD")
-    if (
-        entry.get("aclass_base", "currency") != "currency"
-        or entry.get("aclass_quote", "currency") != "currency"
-    ):
-        raise PairRejected("not a spot currency pair")
-    status = entry.get("status", "online")
+    # Safety facts have no defaults: an entry that does not say it is a spot currency pair, or what its
+    # trading status is, is not traded.
+    if entry.get("aclass_base") != "currency" or entry.get("aclass_quote") != "currency":
+        raise PairRejected("not a spot currency pair (aclass_base/aclass_quote missing or not 'currency')")
+    status = entry.get("status")
     if status not in STATUSES:
-        raise PairRejected(f"unknown status {status!r}")
+        raise PairRejected(f"unknown or missing status {status!r}")
     tick_size = _decimal(entry, "tick_size")
     ordermin = _decimal(entry, "ordermin")
     if tick_size <= 0:

@@ -107,6 +107,7 @@ def universe_sync(
                 report.unchanged.append(facts.symbol)
         if delist_missing:
             listed = {facts.symbol for facts in universe.pairs}
+            _refuse_mass_delisting(existing, listed)
             for symbol, instrument in existing.items():
                 if symbol not in listed and instrument.status != Instrument.Status.DELISTED:
                     instrument.status, instrument.synced_at = Instrument.Status.DELISTED, now
@@ -114,6 +115,20 @@ def universe_sync(
                     report.delisted.append(symbol)
         audit_record(actor=actor, action="universe.synced", details=report.details())
     return report
+
+
+def _refuse_mass_delisting(existing: dict, listed: set[str]) -> None:
+    """A live answer missing most of the pairs we know is far likelier a partial or broken answer than
+    Kraken delisting them all at once: refuse, rather than stop trading everything."""
+    live = [
+        symbol for symbol, instrument in existing.items() if instrument.status != Instrument.Status.DELISTED
+    ]
+    missing = [symbol for symbol in live if symbol not in listed]
+    if len(live) >= 3 and len(missing) * 2 > len(live):
+        raise ValueError(
+            f"the answer omits {len(missing)} of {len(live)} known pairs ({', '.join(sorted(missing))}); "
+            "refusing to delist them from what looks like a partial answer"
+        )
 
 
 def _differs(current, new) -> bool:
@@ -133,8 +148,25 @@ class UpsertResult:
         return self.inserted + self.updated
 
 
-# Kraken's own data wins over CoinGecko's: a CoinGecko bar never replaces one from Kraken.
-INSERT_ONLY_SOURCES = frozenset({Candle.Source.COINGECKO})
+# Kraken's own data wins: a CoinGecko bar never replaces an existing bar, and neither does a replayed one
+# (replay is for demos and tests; it must not relabel or alter real history).
+INSERT_ONLY_SOURCES = frozenset({Candle.Source.COINGECKO, Candle.Source.REPLAY})
+# pg_advisory_xact_lock namespace for candle series: 'CNDL' as a 32-bit integer.
+CANDLE_LOCK_NAMESPACE = int.from_bytes(b"CNDL", "big", signed=True)
+
+
+def _lock_series(instrument: Instrument, timeframe: int) -> None:
+    """Writers of one (instrument, timeframe) series take turns, so the precedence rules below are
+    decided on what is really stored (PostgreSQL; SQLite's IMMEDIATE transactions already serialise)."""
+    connection = transaction.get_connection()
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_advisory_xact_lock(%s, %s)",
+                [CANDLE_LOCK_NAMESPACE, instrument.pk * 100_000 + timeframe],
+            )
+
+
 UPDATE_FIELDS = ["open", "high", "low", "close", "volume", "trades", "closed", "source", "updated_at"]
 
 
@@ -143,7 +175,7 @@ def candles_upsert(
 ) -> UpsertResult:
     """Insert or update bars, idempotently: unique per (instrument, timeframe, open time). Duplicates in
     ``rows`` keep the last; order does not matter. A forming bar never overwrites a closed one, and a
-    CoinGecko bar never overwrites an existing bar."""
+    CoinGecko or replayed bar never overwrites an existing bar."""
     check_timeframe(timeframe)
     by_time: dict = {}
     for row in rows:
@@ -153,6 +185,7 @@ def candles_upsert(
     times = sorted(by_time)
     now = timezone.now()
     with transaction.atomic():
+        _lock_series(instrument, timeframe)
         existing = dict(
             Candle.objects.filter(
                 instrument=instrument, timeframe=timeframe, open_time__gte=times[0], open_time__lte=times[-1]
@@ -185,13 +218,16 @@ def candles_upsert(
                     updated_at=now,
                 )
             )
-        Candle.objects.bulk_create(
-            to_write,
-            batch_size=batch_size,
-            update_conflicts=True,
-            unique_fields=["instrument", "timeframe", "open_time"],
-            update_fields=UPDATE_FIELDS,
-        )
+        if insert_only:
+            Candle.objects.bulk_create(to_write, batch_size=batch_size, ignore_conflicts=True)
+        else:
+            Candle.objects.bulk_create(
+                to_write,
+                batch_size=batch_size,
+                update_conflicts=True,
+                unique_fields=["instrument", "timeframe", "open_time"],
+                update_fields=UPDATE_FIELDS,
+            )
     return UpsertResult(inserted, updated, kept)
 
 

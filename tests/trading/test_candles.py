@@ -42,6 +42,12 @@ def bar(hours: int, close="100", *, closed=True, high=None):
         ({"open_time": T0 + timedelta(minutes=30)}, "not aligned"),
         ({"open_time": datetime(2026, 11, 21)}, "time zone"),
         ({"close": "abc"}, "not a number"),
+        ({"high": "1e25"}, "too large"),
+        ({"low": "1e-13", "open": "1e-13", "close": "1e-13", "high": "1e-13"}, "positive"),
+        ({"trades": 2**31}, "trade count"),
+        ({"trades": float("inf")}, "whole number"),
+        ({"trades": "1.5"}, "whole number"),
+        ({"volume": "-1e30"}, "too large"),
     ],
 )
 def test_bad_candles_are_refused(fields, message):
@@ -49,6 +55,20 @@ def test_bad_candles_are_refused(fields, message):
     values.update(fields)
     with pytest.raises(BadCandle, match=message):
         make_row(**values, minutes=60)
+
+
+def test_values_are_rounded_to_the_stored_precision():
+    row = make_row(
+        open_time=T0,
+        open="1.0000000000004",
+        high="2",
+        low="1",
+        close="1.5",
+        volume="0.1234567890123456",
+        minutes=60,
+    )
+    assert row.open == Decimal("1.000000000000")
+    assert row.volume == Decimal("0.123456789012")
 
 
 def test_floor_time():
@@ -86,6 +106,15 @@ def test_a_forming_bar_never_overwrites_a_closed_one(universe):
     # When it closes, it is replaced.
     candles_upsert(instrument=btc, timeframe=60, rows=[bar(1, "96")], source="kraken_ws")
     assert len(closed_candles(instrument=btc, timeframe=60)) == 2
+
+
+def test_replay_never_overwrites_real_bars(universe):
+    btc = universe["BTC/USD"]
+    candles_upsert(instrument=btc, timeframe=60, rows=[bar(0, "105")], source=Candle.Source.KRAKEN_REST)
+    result = candles_upsert(instrument=btc, timeframe=60, rows=[bar(0, "1"), bar(1, "2")], source="replay")
+    assert (result.inserted, result.kept) == (1, 1)
+    kept = Candle.objects.get(instrument=btc, open_time=T0)
+    assert (kept.source, kept.close) == ("kraken_rest", Decimal("105"))
 
 
 def test_coingecko_never_overwrites_kraken(universe):

@@ -51,8 +51,10 @@ def test_recorded_answer_keeps_only_spot_usd_pairs():
         ({"tick_size": "0"}, "must be positive"),
         ({"ordermin": "NaN"}, "finite"),
         ({"pair_decimals": "1"}, "pair_decimals"),
-        ({"status": "weird"}, "unknown status"),
+        ({"status": "weird"}, "unknown or missing status"),
         ({"aclass_base": "forex"}, "not a spot currency pair"),
+        ({"aclass_quote": None}, "not a spot currency pair"),
+        ({"status": None}, "missing status"),
     ],
 )
 def test_malformed_entries_are_rejected_with_the_reason(change, reason):
@@ -112,6 +114,39 @@ def test_an_older_snapshot_never_replaces_newer_live_facts(db, capsys):
     assert "3 kept (newer facts on record)" in out
     assert Instrument.objects.get(symbol="BTC/USD").ordermin == Decimal("0.0001")
     assert Instrument.objects.get(symbol="BTC/USD").source == "kraken_api"
+
+
+def test_a_partial_live_answer_does_not_delist_everything(universe):
+    answer = json.loads(SNAPSHOT.read_text())
+    del answer["result"]["XETHZUSD"]
+    del answer["result"]["SOLUSD"]
+    with pytest.raises(ValueError, match="omits 2 of 3 known pairs"):
+        universe_sync(actor=SYSTEM, answer=answer, source="kraken_api", delist_missing=True)
+    assert not Instrument.objects.filter(status="delisted").exists()
+
+
+def test_a_snapshot_must_say_when_it_was_recorded(db, tmp_path):
+    undated = json.loads(SNAPSHOT.read_text())
+    del undated["recorded_at"]
+    path = tmp_path / "pairs.json"
+    path.write_text(json.dumps(undated))
+    with pytest.raises(CommandError, match="no recorded_at date"):
+        call_command("sync_universe", "--from-file", str(path))
+    assert not Instrument.objects.exists()
+
+
+def test_live_sync_against_kraken_reports_status_changes(universe, fake_kraken, settings, capsys):
+    settings.KRAKEN_API_URL = fake_kraken.url
+    fake_kraken.set_pair_status("XETHZUSD", "cancel_only")
+    call_command("sync_universe")
+    out = capsys.readouterr().out
+    assert "changed ETH/USD: status online → cancel_only" in out
+    assert "created DOGE/USD" in out  # the recording lists DOGE/USD too
+    assert "left out XETHXXBT: quoted in XBT, not USD" in out
+    assert fake_kraken.requests(endpoint="AssetPairs")
+    assert Instrument.objects.get(symbol="ETH/USD").source == "kraken_api"
+    with pytest.raises(UniverseError, match="ETH/USD is cancel_only"):
+        traded_instruments()
 
 
 def test_traded_pairs_are_checked_against_the_universe(universe, settings):

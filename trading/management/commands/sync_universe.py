@@ -71,16 +71,19 @@ class Command(BaseCommand):
         self.stdout.write(self.style.SUCCESS(report.summary()))
 
     def _recorded_at(self, answer: dict, path: Path) -> datetime:
-        """When a recorded answer was taken: its ``recorded_at`` date, else the file's modification time."""
+        """When a recorded answer was taken: the file must say so in ``recorded_at`` (a file's own date
+        says when it was copied, not when Kraken answered)."""
         recorded = answer.get("recorded_at") if isinstance(answer, dict) else None
-        if recorded:
-            try:
-                return datetime.fromisoformat(recorded).replace(tzinfo=UTC)
-            except ValueError:
-                raise CommandError(
-                    f"--from-file {path}: recorded_at={recorded!r} is not an ISO date"
-                ) from None
-        return datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)
+        if not recorded:
+            raise CommandError(
+                f"--from-file {path}: no recorded_at date; add the date Kraken gave this answer, e.g. "
+                '"recorded_at": "2026-09-25"'
+            )
+        try:
+            moment = datetime.fromisoformat(recorded)
+        except ValueError:
+            raise CommandError(f"--from-file {path}: recorded_at={recorded!r} is not an ISO date") from None
+        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
     def _read(self, path: Path) -> dict:
         try:
