@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from django.conf import settings
 
 from trading.fees import FeeRates, published_rates
@@ -46,3 +48,24 @@ def fee_rates_for(*, account, instrument: Instrument) -> FeeRates:
     if tier is None:
         return published_rates()
     return FeeRates(maker_pct=tier.maker_pct, taker_pct=tier.taker_pct)
+
+
+def stored_run_end(*, instrument: Instrument, timeframe: int, start, end, max_gap: timedelta | None = None):
+    """The newest closed bar of the stored run that begins at ``start``: bars are followed from ``start``
+    while no more than ``max_gap`` (default: nothing, one bar after another) is missing before the next.
+    ``None`` when nothing is stored at ``start``. A backfill resumes after it, so holes get filled."""
+    bar = timedelta(minutes=timeframe)
+    allowed = max_gap or timedelta(0)
+    expected, newest = start, None
+    times = (
+        Candle.objects.filter(
+            instrument=instrument, timeframe=timeframe, closed=True, open_time__gte=start, open_time__lt=end
+        )
+        .order_by("open_time")
+        .values_list("open_time", flat=True)
+    )
+    for moment in times.iterator():
+        if moment - expected > allowed:
+            break
+        newest, expected = moment, moment + bar
+    return newest

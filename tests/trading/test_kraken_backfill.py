@@ -1,5 +1,6 @@
 """Kraken OHLC backfill through real ccxt against the fake Kraken server."""
 
+import functools
 from datetime import UTC, datetime, timedelta
 
 import ccxt
@@ -52,8 +53,8 @@ def test_backfill_stores_closed_bars_and_marks_the_forming_one(universe, kraken)
     btc = universe["BTC/USD"]
     report, _ = run(btc)
     stored = Candle.objects.filter(instrument=btc, timeframe=60)
-    # Closed bars after `since` (12:30 ten days ago) up to 11:00 today, plus the forming bar at 12:00.
-    assert stored.count() == 10 * 24 - 1 + 1
+    # Closed bars from 12:00 ten days ago (the window's first whole bar) to 11:00 today, plus the forming one.
+    assert stored.count() == 10 * 24 + 1
     assert stored.filter(closed=False).get().open_time == FORMING
     newest_closed = stored.filter(closed=True).latest("open_time")
     assert newest_closed.open_time == FORMING - timedelta(hours=1)
@@ -62,7 +63,7 @@ def test_backfill_stores_closed_bars_and_marks_the_forming_one(universe, kraken)
     request = kraken.requests(endpoint="OHLC")[0]
     assert request.params["pair"] == "XBTUSD"
     assert request.params["interval"] == "60"
-    assert (report.inserted, report.updated) == (240, 1)  # the second page re-reads only the forming bar
+    assert (report.inserted, report.updated) == (241, 1)  # the second page re-reads only the forming bar
     assert AuditEvent.objects.filter(action="history.backfilled").count() == 1
 
 
@@ -83,6 +84,23 @@ def test_rerun_resumes_from_the_newest_stored_bar_and_adds_nothing_twice(univers
     assert Candle.objects.get(open_time=FORMING).closed is True
 
 
+def test_a_hole_left_by_a_feed_outage_is_filled(universe, kraken):
+    btc = universe["BTC/USD"]
+    run(btc)
+    hole = Candle.objects.filter(
+        instrument=btc,
+        open_time__gte=FORMING - timedelta(hours=50),
+        open_time__lt=FORMING - timedelta(hours=40),
+    )
+    assert hole.count() == 10
+    hole.delete()
+    report, _ = run(btc)
+    assert report.inserted == 10
+    assert Candle.objects.filter(instrument=btc).count() == 10 * 24 + 1
+    since = int((FORMING - timedelta(hours=51)).timestamp())  # the last bar before the hole
+    assert kraken.requests(endpoint="OHLC")[-2].params["since"] == str(since)
+
+
 def test_history_beyond_krakens_window_is_reported_not_invented(universe, kraken):
     report, _ = run(universe["BTC/USD"], days=60)
     assert "only the latest 720 bars" in report.note
@@ -93,8 +111,9 @@ def test_rate_limit_is_retried_with_backoff(universe, kraken):
     kraken.inject("OHLC", Fault.kraken_error(KrakenError.RATE_LIMIT), times=2)
     report, sleeps = run(universe["BTC/USD"])
     assert len(sleeps) == 2
-    assert all(0 <= pause <= 30 for pause in sleeps)
-    assert report.inserted == 240
+    assert 0 <= sleeps[0] <= 1  # full jitter: up to 1 s, then up to 2 s
+    assert 0 <= sleeps[1] <= 2
+    assert report.inserted == 241
 
 
 def test_persistent_outage_is_a_clear_error_and_stores_nothing_bad(universe, kraken):
@@ -104,9 +123,10 @@ def test_persistent_outage_is_a_clear_error_and_stores_nothing_bad(universe, kra
     assert Candle.objects.count() == 0
 
 
-def test_command_reports_faults_clearly(universe, kraken, settings, monkeypatch):
+def test_command_reports_faults_clearly(universe, kraken, monkeypatch):
     monkeypatch.setattr("trading.marketdata.kraken_backfill.time.sleep", lambda seconds: None)
-    monkeypatch.setattr("trading.marketdata.kraken_rest.public_client.__defaults__", (2000, False))
+    unthrottled = functools.partial(public_client, timeout_ms=2000, rate_limit=False)  # a local fake
+    monkeypatch.setattr("trading.marketdata.kraken_backfill.public_client", unthrottled)
     current_hour = floor_time(timezone.now(), 60)  # the command works from the real clock
     kraken.set_ohlc("XBTUSD", 60, hourly_rows(1000, end=current_hour))
     kraken.inject("OHLC", Fault.malformed_json(), times=1)
@@ -116,7 +136,6 @@ def test_command_reports_faults_clearly(universe, kraken, settings, monkeypatch)
     with pytest.raises(CommandError, match="DOGE/USD is not in the synced spot USD universe"):
         call_command("backfill_history", "--source", "kraken", "--pair", "DOGE/USD")
     call_command("backfill_history", "--source", "kraken", "--pair", "BTC/USD", "--days", "2")
-    since = timezone.now() - timedelta(days=2)
-    expected = sum(1 for row in hourly_rows(1000, end=current_hour)[:-1] if row[0] > since.timestamp())
-    assert Candle.objects.filter(closed=True).count() == expected
-    assert Candle.objects.filter(closed=False).count() == 1
+    # Two days of whole hours: from the hour two days ago up to the hour before the forming one.
+    assert Candle.objects.filter(closed=True).count() == 48
+    assert Candle.objects.filter(closed=False).get().open_time == current_hour

@@ -15,9 +15,11 @@ from django.utils import timezone
 
 from governance.actors import SystemActor
 from governance.services import audit_record
+from trading.candles import floor_time
 from trading.marketdata.kraken_ohlc import fetch_pages, reachable_since
 from trading.marketdata.kraken_rest import public_client
 from trading.models import Candle, Instrument
+from trading.selectors import stored_run_end
 from trading.services import candles_upsert
 
 RETRIES = 5
@@ -67,20 +69,18 @@ def backfill_kraken(
     progress: Callable[[int], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> KrakenBackfillReport:
-    """Fetch bars newer than the newest stored closed bar (resumable), at most ``days`` back; Kraken
-    serves only its latest 720 bars, so an older start is moved up and the report says so."""
+    """Fetch the bars of the last ``days`` that are not stored yet: from the end of the stored run that
+    begins at the window's start (so a re-run resumes, and a hole left by a feed outage is filled).
+    Kraken serves only its latest 720 bars, so an older start is moved up and the report says so."""
     now = now or timezone.now()
-    wanted = now - timedelta(days=days)
-    newest = (
-        Candle.objects.filter(instrument=instrument, timeframe=timeframe, closed=True)
-        .order_by("-open_time")
-        .values_list("open_time", flat=True)
-        .first()
-    )
-    since = max(wanted, newest) if newest else wanted
-    report = KrakenBackfillReport(symbol=instrument.symbol, timeframe=timeframe, since=since)
     oldest = reachable_since(now, timeframe)
-    if since < oldest:
+    wanted = floor_time(now - timedelta(days=days), timeframe)
+    start = max(wanted, floor_time(oldest, timeframe))
+    # Resume after the stored run that begins at the window's start: a hole (a feed outage) gets filled.
+    newest = stored_run_end(instrument=instrument, timeframe=timeframe, start=start, end=now)
+    since = newest or start - timedelta(minutes=timeframe)  # Kraken serves bars after `since`
+    report = KrakenBackfillReport(symbol=instrument.symbol, timeframe=timeframe, since=since)
+    if wanted < oldest:
         report.note = (
             f"Kraken serves only the latest 720 bars: history before {oldest:%Y-%m-%d %H:%M} is out of reach"
         )
