@@ -178,3 +178,23 @@ def test_security_headers_are_sent(db, client):
     assert "default-src 'self'" in response["Content-Security-Policy"]
     assert response["X-Frame-Options"] == "DENY"
     assert response["X-Content-Type-Options"] == "nosniff"
+
+
+def test_metrics_show_pair_staleness_from_the_database(universe, client, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from trading.models import FeedStatus
+
+    settings.METRICS_TOKEN = None
+    now = timezone.now()
+    FeedStatus.objects.create(instrument=universe["BTC/USD"], last_message_at=now, stale=False)
+    FeedStatus.objects.create(
+        instrument=universe["ETH/USD"], last_message_at=now - timedelta(hours=1), stale=False
+    )
+    text = client.get("/metrics").content.decode()
+    assert 'aether_pair_stale{symbol="BTC/USD"} 0.0' in text
+    assert 'aether_pair_stale{symbol="ETH/USD"} 1.0' in text  # the feed went quiet without saying so
+    assert 'aether_pair_stale{symbol="SOL/USD"} 1.0' in text  # never heard of
+    assert 'aether_pair_last_message_age_seconds{symbol="ETH/USD"} 36' in text

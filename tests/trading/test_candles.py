@@ -200,3 +200,11 @@ def test_published_fee_schedule_tiers():
     assert published_rates(Decimal("25000000")) == FeeRates(Decimal("0.00"), Decimal("0.10"))
     with pytest.raises(ValueError, match="negative"):
         published_rates(Decimal(-1))
+
+
+def test_migrate_says_which_candle_store_it_gives(db, capsys):
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=1)
+    out = capsys.readouterr().out
+    assert "candle store: plain indexed table" in out

@@ -4,14 +4,7 @@ from trading import storage
 
 
 def to_hypertable(apps, schema_editor):
-    connection = schema_editor.connection
-    if connection.vendor != "postgresql":
-        return
-    with connection.cursor() as cursor:
-        if not storage.timescale_installed(cursor) or storage.is_hypertable(cursor):
-            return
-        for statement in storage.HYPERTABLE_SQL:
-            cursor.execute(statement)
+    storage.ensure_hypertable(schema_editor.connection)
 
 
 class Migration(migrations.Migration):
