@@ -19,12 +19,11 @@ import shutil
 import sys
 import tempfile
 import time
-from itertools import islice
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_FILE = ROOT.parent / "shared" / "data" / "market" / "kraken" / "XBTUSD_60.csv"
-BATCH = 5000
+BATCH = 5000  # as the import service's batches
 
 
 def main() -> None:
@@ -56,7 +55,7 @@ def main() -> None:
     from trading.management.commands.sync_universe import SNAPSHOT
     from trading.marketdata.kraken_csv import CsvReport, parse_lines
     from trading.models import Candle, Instrument
-    from trading.services import candles_upsert, universe_sync
+    from trading.services import candles_import_kraken_file, candles_upsert, universe_sync
 
     call_command("migrate", verbosity=0)
 
@@ -70,11 +69,9 @@ def main() -> None:
     Candle.objects.filter(instrument=instrument).delete()
 
     started = time.perf_counter()
-    report = CsvReport()
-    with args.file.open() as handle:
-        rows = parse_lines(handle, minutes=60, report=report)
-        while batch := list(islice(rows, BATCH)):
-            candles_upsert(instrument=instrument, timeframe=60, rows=batch, source=Candle.Source.KRAKEN_CSV)
+    result = candles_import_kraken_file(
+        actor=SystemActor("bench"), path=args.file, instrument=instrument, timeframe=60
+    )
     csv_seconds = time.perf_counter() - started
 
     with args.file.open() as handle:
@@ -96,12 +93,12 @@ def main() -> None:
         drop_postgres_database(admin_url, bench_db)
     if scratch:
         shutil.rmtree(scratch, ignore_errors=True)
-    if stored != report.rows:
-        sys.exit(f"bench/ingest.py: stored {stored} bars of {report.rows}: the import lost data")
-    print(f"engine: {vendor}; file: {args.file.name}; rows: {report.rows}; stored: {stored}")
+    if stored != result.rows:
+        sys.exit(f"bench/ingest.py: stored {stored} bars of {result.rows}: the import lost data")
+    print(f"engine: {vendor}; file: {args.file.name}; rows: {result.rows}; stored: {stored}")
     print(f"csv import: {csv_seconds:.2f} s; upsert of existing bars: {upsert_seconds:.2f} s")
     print(
-        f"engine={vendor} rows={report.rows} csv_candles_per_s={report.rows / csv_seconds:.0f} "
+        f"engine={vendor} rows={result.rows} csv_candles_per_s={result.rows / csv_seconds:.0f} "
         f"upsert_candles_per_s={len(parsed) / upsert_seconds:.0f}"
     )
 

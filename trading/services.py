@@ -6,6 +6,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from itertools import islice
+from pathlib import Path
 
 from django.db import transaction
 from django.utils import timezone
@@ -15,6 +17,7 @@ from governance.services import audit_record
 from trading.candles import CandleRow, check_timeframe
 from trading.fees import parse_trade_volume
 from trading.kraken_pairs import PairFacts, parse_asset_pairs
+from trading.marketdata.kraken_csv import CsvReport, parse_lines
 from trading.models import AccountFeeTier, Candle, Instrument
 
 FACT_FIELDS = (
@@ -281,3 +284,52 @@ def fee_tier_refresh(*, actor, account, client) -> list[AccountFeeTier]:
     )
     answer = client.privatePostTradeVolume({"pair": pairs})
     return fee_tier_record(actor=actor, account=account, answer=answer.get("result", answer))
+
+
+@dataclass
+class FileImportResult:
+    rows: int
+    inserted: int
+    updated: int
+    skipped: dict[str, int]
+    examples: list[str]
+
+
+def candles_import_kraken_file(
+    *, actor, path, instrument: Instrument, timeframe: int, on_bytes=None, batch_size: int = 5000
+) -> FileImportResult:
+    """Import one of Kraken's OHLCVT files (``time,open,high,low,close,volume,trades``) in batches; bad
+    lines are counted by reason and never stored; idempotent. ``on_bytes(n)`` reports progress. One audit
+    event for the run."""
+    report = CsvReport()
+    inserted = updated = 0
+
+    def lines(handle):
+        for line in handle:
+            if on_bytes is not None:
+                on_bytes(len(line))
+            yield line
+
+    with open(path, encoding="utf-8") as handle:
+        rows = parse_lines(lines(handle), minutes=timeframe, report=report)
+        while batch := list(islice(rows, batch_size)):
+            result = candles_upsert(
+                instrument=instrument, timeframe=timeframe, rows=batch, source=Candle.Source.KRAKEN_CSV
+            )
+            inserted += result.inserted
+            updated += result.updated
+    with transaction.atomic():
+        audit_record(
+            actor=actor,
+            action="history.imported",
+            details={
+                "file": Path(path).name,
+                "symbol": instrument.symbol,
+                "timeframe": timeframe,
+                "rows": report.rows,
+                "inserted": inserted,
+                "updated": updated,
+                "skipped": dict(report.skipped),
+            },
+        )
+    return FileImportResult(report.rows, inserted, updated, dict(report.skipped), report.examples)

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-from itertools import islice
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import transaction
 from tqdm import tqdm
 
 from governance.actors import SystemActor
-from governance.services import audit_record
 from trading.candles import TIMEFRAMES
-from trading.marketdata.kraken_csv import CsvReport, parse_lines
-from trading.models import Candle, Instrument
-from trading.services import candles_upsert
-
-BATCH = 5000
+from trading.models import Instrument
+from trading.services import candles_import_kraken_file
 
 
 class Command(BaseCommand):
@@ -38,47 +32,28 @@ class Command(BaseCommand):
         instrument = self._instrument(options["pair"])
         if not path.is_file():
             raise CommandError(f"{path}: file not found")
-        report = CsvReport()
-        inserted = updated = 0
-        with (
-            path.open(encoding="utf-8") as handle,
-            tqdm(
-                total=path.stat().st_size,
-                unit="B",
-                unit_scale=True,
-                desc=path.name,
-                disable=None,
-                file=self.stderr._out,
-            ) as progress,
-        ):
-            rows = parse_lines(self._tracked(handle, progress), minutes=minutes, report=report)
-            while batch := list(islice(rows, BATCH)):
-                result = candles_upsert(
-                    instrument=instrument, timeframe=minutes, rows=batch, source=Candle.Source.KRAKEN_CSV
-                )
-                inserted += result.inserted
-                updated += result.updated
-        skipped = sum(report.skipped.values())
-        with transaction.atomic():
-            audit_record(
+        with tqdm(
+            total=path.stat().st_size,
+            unit="B",
+            unit_scale=True,
+            desc=path.name,
+            disable=None,
+            file=self.stderr._out,
+        ) as progress:
+            result = candles_import_kraken_file(
                 actor=SystemActor("import_kraken_csv"),
-                action="history.imported",
-                details={
-                    "file": path.name,
-                    "symbol": instrument.symbol,
-                    "timeframe": minutes,
-                    "rows": report.rows,
-                    "inserted": inserted,
-                    "updated": updated,
-                    "skipped": dict(report.skipped),
-                },
+                path=path,
+                instrument=instrument,
+                timeframe=minutes,
+                on_bytes=progress.update,
             )
-        for example in report.examples:
+        for example in result.examples:
             self.stdout.write(self.style.WARNING(f"skipped {example}"))
         self.stdout.write(
             self.style.SUCCESS(
-                f"import_kraken_csv: {path.name} → {instrument.symbol} {minutes}m: {report.rows} rows, "
-                f"{inserted} inserted, {updated} updated, {skipped} skipped"
+                f"import_kraken_csv: {path.name} → {instrument.symbol} {minutes}m: {result.rows} rows, "
+                f"{result.inserted} inserted, {result.updated} updated, "
+                f"{sum(result.skipped.values())} skipped"
             )
         )
 
@@ -90,9 +65,3 @@ class Command(BaseCommand):
             )
             raise CommandError(f"--pair {pair}: not in the spot USD universe; known: {known}")
         return instrument
-
-    @staticmethod
-    def _tracked(handle, progress):
-        for line in handle:
-            progress.update(len(line))
-            yield line
