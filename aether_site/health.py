@@ -19,9 +19,11 @@ from django.db import DatabaseError, connections
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django_prometheus.exports import ExportToDjangoView
+from prometheus_client import generate_latest
 
 from aether_site.redaction import redact_url
 from governance.protection import audit_triggers_missing
+from trading.metrics import WEB_REGISTRY
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +141,9 @@ def metrics(request: HttpRequest) -> HttpResponse:
             )
             response["WWW-Authenticate"] = 'Bearer realm="metrics"'
             return response
-    return ExportToDjangoView(request)
+    response = ExportToDjangoView(request)
+    response.content += generate_latest(WEB_REGISTRY)  # read from the database at scrape time
+    return response
 
 
 PROBES = {"/healthz": healthz, "/readyz": readyz, "/metrics": metrics}

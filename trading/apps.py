@@ -6,12 +6,6 @@ class TradingConfig(AppConfig):
     name = "trading"
 
     def ready(self) -> None:
-        from prometheus_client import REGISTRY
-
-        from trading.metrics import FeedStatusCollector
         from trading.storage import report_candle_store_after_migrate
 
         post_migrate.connect(report_candle_store_after_migrate, sender=self)
-        if not getattr(TradingConfig, "_collector_registered", False):
-            REGISTRY.register(FeedStatusCollector())
-            TradingConfig._collector_registered = True

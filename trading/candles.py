@@ -61,7 +61,7 @@ def to_decimal(value, field: str) -> Decimal:
         raise BadCandle(f"{field}={value!r} is not a number") from None
     if not number.is_finite():
         raise BadCandle(f"{field}={value!r} is not finite")
-    if abs(number) >= LIMIT:
+    if number.copy_abs() >= LIMIT:  # copy_abs: no context rounding, so no Overflow
         raise BadCandle(f"{field}={value!r} is too large to store")
     return number.quantize(QUANTUM, rounding=ROUND_HALF_EVEN)
 
@@ -77,11 +77,16 @@ def make_row(
     if trades is not None:
         try:
             whole = Decimal(str(trades))
-            if not whole.is_finite() or whole != whole.to_integral_value():
-                raise ValueError
-            trades = int(whole)
         except (InvalidOperation, ValueError):
             raise BadCandle(f"trades={trades!r} is not a whole number") from None
+        if not whole.is_finite():
+            raise BadCandle(f"trades={trades!r} is not a whole number")
+        # Size first: int() or rounding of an exponent like 1E+999999999 must never be attempted.
+        if whole.copy_abs() > MAX_TRADES:  # copy_abs: no context rounding, so no Overflow
+            raise BadCandle(f"trade count {trades!r} is too large to store")
+        if whole != whole.to_integral_value():
+            raise BadCandle(f"trades={trades!r} is not a whole number")
+        trades = int(whole)
     row = CandleRow(
         open_time=open_time.astimezone(UTC),
         open=to_decimal(open, "open"),

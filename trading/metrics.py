@@ -2,7 +2,8 @@
 
 The feed process has its own gauges (served on MARKET_FEED_METRICS_PORT); these are read from the database
 at scrape time, so the main /metrics shows staleness even when the feed process is down or unscraped —
-a dead feed shows as stale through the age of its last message.
+a dead feed shows as stale through the age of its last message. They live in their own registry, which
+only the web /metrics view reads (see ``aether_site.health.metrics``), never the feed's metrics server.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 from django.conf import settings
 from django.db import DatabaseError
 from django.utils import timezone
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -55,3 +57,7 @@ class FeedStatusCollector(Collector):
 
     def describe(self):
         return []  # collected at scrape time only (no database access at registration)
+
+
+WEB_REGISTRY = CollectorRegistry(auto_describe=False)
+WEB_REGISTRY.register(FeedStatusCollector())

@@ -47,6 +47,8 @@ def bar(hours: int, close="100", *, closed=True, high=None):
         ({"trades": 2**31}, "trade count"),
         ({"trades": float("inf")}, "whole number"),
         ({"trades": "1.5"}, "whole number"),
+        ({"trades": "1E+999999999999"}, "too large"),
+        ({"high": "1E+999999999999"}, "too large"),
         ({"volume": "-1e30"}, "too large"),
     ],
 )
