@@ -15,11 +15,13 @@ from pathlib import Path
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import InMemoryChannelLayer
-from prometheus_client import REGISTRY
+from django.db import OperationalError
 
 from governance.models import AuditEvent
 from tests.fakes.kraken_ws import FakeKrakenWS
-from trading.candles import make_row
+from trading import kraken_pairs
+from trading.candles import CandleRow, make_row
+from trading.marketdata import feed_service, kraken_ws, kraken_ws_messages
 from trading.marketdata.feed import (
     Bar,
     Heartbeat,
@@ -31,7 +33,8 @@ from trading.marketdata.feed import (
     v2_symbol,
 )
 from trading.marketdata.feed_service import EMBEDDED_NOTICE, TICKS_GROUP, MarketFeed
-from trading.marketdata.kraken_ws import Backoff, KrakenWSSource, OhlcCloser, ReconnectPolicy
+from trading.marketdata.kraken_ws import Backoff, KrakenWSSource, ReconnectPolicy
+from trading.marketdata.kraken_ws_messages import OhlcCloser
 from trading.models import Candle, FeedStatus
 from trading.selectors import closed_candles
 
@@ -73,6 +76,17 @@ def test_legacy_names_map_to_websocket_v2_names():
     assert v2_symbol("ETH/USD") == "ETH/USD"
     with pytest.raises(ValueError, match="BASE/QUOTE"):
         v2_symbol("XBTUSD")
+
+
+def test_v2_names_use_the_one_alias_map_of_kraken_pairs(monkeypatch):
+    monkeypatch.setitem(kraken_pairs.ASSET_ALIASES, "XZZ", "ZZZ")  # a new alias there applies here too
+    assert v2_symbol("XZZ/USD") == "ZZZ/USD"
+    assert v2_symbol("ETH/XBT") == "ETH/BTC"
+
+
+def test_kraken_ws_still_exports_the_parsing_and_closing_names():
+    for name in ("OhlcCloser", "Rejection", "parse_candle", "parse_message", "parse_tick"):
+        assert getattr(kraken_ws, name) is getattr(kraken_ws_messages, name)
 
 
 def test_staleness_tracker_reports_each_transition_once():
@@ -200,6 +214,69 @@ def test_backoff_is_exponential_with_full_jitter_a_reset_and_a_budget():
     assert backoff.delay(connected_for=1, maintenance=True) == 5  # never under 5 s during maintenance
 
 
+def ohlc_frame(**fields) -> str:
+    """An ohlc update for BTC/USD (hourly, at T0) as raw text; a field given as the string ``"<raw>..."``
+    is written unquoted, so a test can send what JSON encoders refuse (``Infinity``, ``1e999999999999``)."""
+    candle = FakeKrakenWS.candle("BTC/USD", begin=T0, interval=60, open=100, high=101, low=99, close=100)
+    candle.update(fields)
+    text = json.dumps({"channel": "ohlc", "type": "update", "data": [candle]})
+    for value in fields.values():
+        if isinstance(value, str) and value.startswith("<raw>"):
+            text = text.replace(json.dumps(value), value.removeprefix("<raw>"))
+    return text
+
+
+BAD_FRAMES = [
+    (ohlc_frame(trades="<raw>Infinity"), "not_finite"),  # int(Infinity): OverflowError
+    (ohlc_frame(trades="<raw>-Infinity"), "not_finite"),
+    (ohlc_frame(high="<raw>1e999999999999"), "malformed"),  # the exponent overflows: decimal.Overflow
+    (ohlc_frame(trades="<raw>1e999999999999"), "malformed"),
+    (ohlc_frame(trades="<raw>2.5"), "malformed"),
+    (ohlc_frame(interval_begin="<raw>[1, 2]"), "malformed"),
+    ('{"method": "subscribe", "success": false, "error": "x", "req_id": [1]}', "kraken_error"),
+    (
+        '{"method": "subscribe", "success": false, "result": {"channel": ["ohlc"]}, "req_id": {}}',
+        "kraken_error",
+    ),
+    ("[" * 100_000, "malformed"),  # nesting too deep for the JSON parser: RecursionError
+]
+
+
+@pytest.mark.parametrize(("frame", "kind"), BAD_FRAMES, ids=range(len(BAD_FRAMES)))
+def test_a_malformed_frame_is_one_rejected_event_never_an_exception(frame, kind):
+    source = KrakenWSSource(url="ws://127.0.0.1:9/v2", symbols=["BTC/USD"], timeframe=60, clock=lambda: T0)
+    [event] = source.handle_message(frame)
+    assert isinstance(event, Rejected)
+    assert event.kind == kind
+    assert source.stats.rejected == 1
+
+
+def test_a_subscribe_answer_with_a_req_id_that_is_not_ours_is_acknowledged_under_an_unknown_channel():
+    source = KrakenWSSource(url="ws://127.0.0.1:9/v2", symbols=["BTC/USD"], timeframe=60, clock=lambda: T0)
+    [ack] = source.handle_message(
+        '{"method": "subscribe", "success": true, "symbol": "BTC/USD", "req_id": [1]}'
+    )
+    assert isinstance(ack, Subscribed)
+    assert (ack.channel, ack.symbol) == ("?", "BTC/USD")
+    assert source.stats.rejected == 0
+
+
+def test_any_error_while_handling_a_frame_becomes_a_rejected_event(monkeypatch, caplog):
+    source = KrakenWSSource(url="ws://127.0.0.1:9/v2", symbols=["BTC/USD"], timeframe=60, clock=lambda: T0)
+
+    def broken(*args):
+        raise KeyError("a bug in a handler")
+
+    monkeypatch.setattr(source, "_on_ticker", broken)
+    [event] = source.handle_message(json.dumps(FakeKrakenWS.ticker_message("BTC/USD", last="100")))
+    assert isinstance(event, Rejected)
+    assert (event.kind, event.reason) == ("unhandled", "KeyError: 'a bug in a handler'")
+    assert source.stats.rejected == 1
+    assert "could not be handled" in caplog.text
+    [bar] = source.handle_message(ohlc_frame())  # the next frame is handled as usual
+    assert isinstance(bar, Bar)
+
+
 @needs_recording
 def test_recorded_kraken_messages_parse_into_events():
     recorded = json.loads(RECORDED.read_text())["websocket_v2"]
@@ -318,8 +395,24 @@ def audit_count(action: str, symbol: str) -> int:
     return sum(1 for event in AuditEvent.objects.filter(action=action) if event.details["symbol"] == symbol)
 
 
+FEED_METRICS = (
+    feed_service.STALE_GAUGE,
+    feed_service.AGE_GAUGE,
+    feed_service.MESSAGES,
+    feed_service.RECONNECTS,
+    feed_service.ERRORS,
+)
+
+
 def metric(name: str, **labels) -> float | None:
-    return REGISTRY.get_sample_value(name, labels)
+    """A sample of the feed's own metrics. Not ``REGISTRY.get_sample_value``: that collects every registered
+    collector, some of which read the database, which cannot be done from the event loop's thread."""
+    for collector in FEED_METRICS:
+        for family in collector.collect():
+            for sample in family.samples:
+                if sample.name == name and sample.labels == labels:
+                    return sample.value
+    return None
 
 
 @pytest.mark.timeout(15)
@@ -628,3 +721,133 @@ def test_malformed_nan_duplicate_and_out_of_order_messages_never_corrupt_candles
     assert values(first) == (100, 110, 90, 105, 5, 7, True)
     assert values(second) == (105, 108, 103, 107, 4, 6, True)
     assert sorted(rows) == [T0, T0 + HOUR, T0 + 2 * HOUR]
+
+
+@pytest.mark.timeout(15)
+def test_malformed_frames_never_end_the_live_feed(universe):
+    unhandled_before = metric("aether_market_feed_errors_total", source="kraken_ws", kind="not_finite") or 0
+
+    async def scenario():
+        async with running_feed(universe) as h:
+            for frame, _ in BAD_FRAMES:
+                await h.fake.send_raw(frame)
+            await h.fake.ticker("BTC/USD", last="123.5")
+            await until_db(lambda: feed_status("BTC/USD").last_price == Decimal("123.5"))
+            assert not h.task.done()
+            assert h.fake.connections == 1  # not even a reconnect
+            assert h.feed.report.rejected == len(BAD_FRAMES)
+        return h.task.result()
+
+    report = async_to_sync(scenario)()
+    assert report.ticks == 1
+    after = metric("aether_market_feed_errors_total", source="kraken_ws", kind="not_finite")
+    assert after == unhandled_before + 2
+
+
+# --- Storing bars: one bar the database refuses must not block the others ---------------------------------
+
+
+class ScriptedSource:
+    """Yields the given events, then ends (a live source as far as storing goes: ``store_as`` kraken_ws)."""
+
+    name = "kraken_ws"
+    store_as = "kraken_ws"
+
+    def __init__(self, events) -> None:
+        self.events = list(events)
+
+    def __aiter__(self):
+        return self._events()
+
+    async def _events(self):
+        for event in self.events:
+            yield event
+            await asyncio.sleep(0)
+
+    async def close(self) -> None:
+        pass
+
+
+def run_scripted(universe, events, **options) -> tuple[MarketFeed, object]:
+    feed = MarketFeed(
+        instruments=[universe["BTC/USD"]],
+        timeframe=60,
+        stale_seconds=30,
+        channel_layer=InMemoryChannelLayer(),
+        announce=lambda line: None,
+        **({"check_every": 600, "flush_every": 600} | options),  # no background flush: writes per bar
+    )
+    return feed, async_to_sync(feed.run)(ScriptedSource(events))
+
+
+def closed_bar(hour: int, price: int = 100) -> Bar:
+    return Bar("BTC/USD", 60, row(T0 + hour * HOUR, price, price + 1, price - 1, price, closed=True))
+
+
+def test_a_bar_the_database_refuses_is_dropped_and_later_bars_are_stored(universe):
+    btc = universe["BTC/USD"]
+    dropped_before = metric("aether_market_feed_errors_total", source="kraken_ws", kind="bar_dropped") or 0
+    # low = 0 breaks the candle table's check constraint (low > 0): the database refuses it, not our code
+    refused = CandleRow(T0 + HOUR, Decimal(100), Decimal(101), Decimal(0), Decimal(100), Decimal(1), 1, True)
+    forming = Bar("BTC/USD", 60, row(T0 + 5 * HOUR, 104, 105, 103, 104))
+    events = [closed_bar(0), Bar("BTC/USD", 60, refused), closed_bar(2), closed_bar(3, 103), forming]
+    feed, report = run_scripted(universe, events)
+
+    stored = {c.open_time: c for c in Candle.objects.filter(instrument=btc, timeframe=60)}
+    assert sorted(stored) == [T0, T0 + 2 * HOUR, T0 + 3 * HOUR, T0 + 5 * HOUR]
+    assert [stored[t].closed for t in sorted(stored)] == [True, True, True, False]
+    assert stored[T0 + 3 * HOUR].close == 103
+    assert (report.bars_closed, report.bars_written, report.bars_dropped) == (4, 4, 1)
+    assert report.unwritten_at_exit == 0
+    assert feed._unwritten == {}
+    assert "4 rows written, 1 dropped" in report.summary()
+    after = metric("aether_market_feed_errors_total", source="kraken_ws", kind="bar_dropped")
+    assert after == dropped_before + 1
+
+
+def failing_upsert(monkeypatch, failures: int | None):
+    """``candles_upsert`` raising "database is locked" for the first ``failures`` calls (None: always)."""
+    calls = []
+    real = feed_service.candles_upsert
+
+    def upsert(**kwargs):
+        calls.append(sorted(r.open_time for r in kwargs["rows"]))
+        if failures is None or len(calls) <= failures:
+            raise OperationalError("database is locked")
+        return real(**kwargs)
+
+    monkeypatch.setattr(feed_service, "candles_upsert", upsert)
+    return calls
+
+
+def test_bars_failing_for_a_transient_reason_are_kept_and_stored_once_the_database_answers(
+    universe, monkeypatch
+):
+    calls = failing_upsert(monkeypatch, failures=2)
+    feed, report = run_scripted(universe, [closed_bar(0), closed_bar(1), closed_bar(2)], write_attempts=5)
+    assert calls[:3] == [[T0], [T0, T0 + HOUR], [T0, T0 + HOUR, T0 + 2 * HOUR]]
+    assert (report.bars_written, report.bars_dropped, report.unwritten_at_exit) == (3, 0, 0)
+    assert feed._unwritten == {}
+    opened = Candle.objects.filter(instrument=universe["BTC/USD"], closed=True).values_list(
+        "open_time", flat=True
+    )
+    assert sorted(opened) == [T0, T0 + HOUR, T0 + 2 * HOUR]
+
+
+def test_bars_are_retried_a_bounded_number_of_times_while_the_database_stays_down(universe, monkeypatch):
+    calls = failing_upsert(monkeypatch, failures=None)
+    feed, report = run_scripted(universe, [closed_bar(hour) for hour in range(5)], write_attempts=3)
+    # bar n is tried with bars n+1 and n+2, then given up on; the last flush tries what is left once more
+    assert calls == [
+        [T0],
+        [T0, T0 + HOUR],
+        [T0, T0 + HOUR, T0 + 2 * HOUR],
+        [T0 + HOUR, T0 + 2 * HOUR, T0 + 3 * HOUR],
+        [T0 + 2 * HOUR, T0 + 3 * HOUR, T0 + 4 * HOUR],
+        [T0 + 3 * HOUR, T0 + 4 * HOUR],
+    ]
+    assert (report.bars_written, report.bars_dropped, report.unwritten_at_exit) == (0, 4, 1)
+    assert {moment: failures for moment, (_, failures) in feed._unwritten["BTC/USD"].items()} == {
+        T0 + 4 * HOUR: 2
+    }
+    assert not Candle.objects.exists()

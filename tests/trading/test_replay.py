@@ -234,3 +234,43 @@ def test_command_replays_stored_candles_and_prints_a_summary(audit_transactional
     status = FeedStatus.objects.get(instrument=btc)
     assert status.last_price == Decimal(105)
     assert status.stale  # the replay ended: nothing keeps the pair current
+
+
+@pytest.mark.timeout(15)
+def test_replaying_a_csv_over_kraken_bars_leaves_them_unchanged(universe, tmp_path):
+    btc = universe["BTC/USD"]
+    candles_upsert(instrument=btc, timeframe=60, rows=hourly(4, base=100), source=Candle.Source.KRAKEN_REST)
+    live = make_row(
+        open_time=T0 + 4 * HOUR, open=104, high=106, low=103, close=105, volume=1, minutes=60, closed=False
+    )
+    candles_upsert(instrument=btc, timeframe=60, rows=[live], source=Candle.Source.KRAKEN_WS)
+    before = {c.open_time: (c.source, c.close, c.closed, c.updated_at) for c in Candle.objects.all()}
+
+    # the file covers the stored hours at other prices, and three hours more
+    path = tmp_path / "XBTUSD_60.csv"
+    start = int(T0.timestamp())
+    path.write_text(
+        "".join(f"{start + n * 3600},{500 + n},{502 + n},{499 + n},{501 + n},2.5,{n + 1}\n" for n in range(8))
+    )
+    rows = rows_from_ohlcvt_csv(path, timeframe=60)
+    report = run_feed(
+        ReplaySource(bars={"BTC/USD": rows}, timeframe=60, speed=3600 / 0.005), [btc], InMemoryChannelLayer()
+    )
+
+    after = {c.open_time: c for c in Candle.objects.filter(instrument=btc, timeframe=60)}
+    assert sorted(after) == [T0 + n * HOUR for n in range(8)]
+    for moment, (source, close, closed, updated_at) in before.items():
+        candle = after[moment]
+        assert (candle.source, candle.close, candle.closed, candle.updated_at) == (
+            source,
+            close,
+            closed,
+            updated_at,
+        )
+    assert [after[T0 + n * HOUR].source for n in range(4)] == [Candle.Source.KRAKEN_REST] * 4
+    assert [after[T0 + n * HOUR].close for n in range(4)] == [101, 102, 103, 104]
+    assert after[T0 + 4 * HOUR].source == Candle.Source.KRAKEN_WS  # Kraken's forming bar is not removed
+    assert [(after[T0 + n * HOUR].source, after[T0 + n * HOUR].close) for n in range(5, 8)] == [
+        (Candle.Source.REPLAY, Decimal(501 + n)) for n in range(5, 8)
+    ]
+    assert (report.bars_closed, report.bars_written, report.bars_dropped) == (8, 3, 0)

@@ -12,23 +12,22 @@ from decimal import Decimal
 from typing import Protocol, runtime_checkable
 
 from trading.candles import CandleRow
+from trading.kraken_pairs import common_code
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-# Kraken's AssetPairs ``wsname`` still uses the legacy asset codes for a few bases; the WebSocket v2 refuses
-# them ("Currency pair not supported XBT/USD") and wants the common codes.
-LEGACY_BASES = {"XBT": "BTC", "XDG": "DOGE"}
-
-
 def v2_symbol(symbol: str) -> str:
-    """The WebSocket v2 name of a pair: ``XBT/USD`` → ``BTC/USD``; v2 names pass through unchanged."""
+    """The WebSocket v2 name of a pair: ``XBT/USD`` → ``BTC/USD``; v2 names pass through unchanged.
+
+    Kraken's AssetPairs ``wsname`` still uses the legacy asset codes for a few bases; the WebSocket v2 refuses
+    them ("Currency pair not supported XBT/USD") and wants the common codes (``trading.kraken_pairs``)."""
     base, slash, quote = symbol.strip().upper().partition("/")
     if not slash or not base or not quote:
         raise ValueError(f"{symbol!r} is not a BASE/QUOTE pair name")
-    return f"{LEGACY_BASES.get(base, base)}/{quote}"
+    return f"{common_code(base)}/{common_code(quote)}"
 
 
 # --- Events ------------------------------------------------------------------------------------------------
@@ -102,7 +101,7 @@ class Rejected:
     """A message the source could not use (malformed, not finite, out of order...): skipped, never stored."""
 
     time: datetime
-    kind: str  # malformed, not_finite, out_of_order, duplicate, unexpected, kraken_error
+    kind: str  # malformed, not_finite, out_of_order, duplicate, unexpected, kraken_error, unhandled
     reason: str
     symbol: str | None = None
 

@@ -2,7 +2,11 @@
 (the live Kraken socket, a replay) and
 
 - stores closed bars with :func:`trading.services.candles_upsert` as the source says (``kraken_ws`` live,
-  ``replay`` for replayed rows), and keeps at most the one forming bar per pair as ``closed=False``;
+  ``replay`` for replayed rows, stored only where no bar exists: a replay never overwrites Kraken's bars),
+  and keeps at most the one forming bar per pair as ``closed=False``;
+- never lets one bar block the others: when the database refuses a batch, the rows are retried one at a
+  time and a row refused on its own is dropped (logged, counted, reported); rows that failed for a
+  transient reason (database locked or unreachable) are kept for at most ``write_attempts`` attempts;
 - keeps ``FeedStatus`` current — last message time and price written at most every ``flush_every`` seconds,
   not per tick — and records each stale / live transition once, with its audit event (``market.stale``,
   ``market.live``) in the same transaction;
@@ -11,7 +15,8 @@
 - exports Prometheus metrics: ``aether_market_stale{symbol}`` (1/0),
   ``aether_market_last_message_age_seconds{symbol}`` (+Inf until a first message),
   ``aether_market_messages_total{source,kind}``, ``aether_market_reconnects_total{source}`` and
-  ``aether_market_feed_errors_total{source,kind}`` (refused subscriptions, skipped messages, publish errors).
+  ``aether_market_feed_errors_total{source,kind}`` (refused subscriptions, skipped messages, publish errors,
+  ``database`` write errors, ``bar_dropped`` bars given up on).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from decimal import Decimal
 from asgiref.sync import sync_to_async
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.core.exceptions import ImproperlyConfigured
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, transaction
 from django.utils import timezone
 from prometheus_client import Counter, Gauge
 
@@ -58,6 +63,7 @@ ACTOR = SystemActor("market_feed")
 TICKS_GROUP = "market.ticks"
 TICK_MESSAGE_TYPE = "market.tick"
 PUBLISH_TIMEOUT_SECONDS = 2.0
+WRITE_ATTEMPTS = 12  # a bar failing for a transient reason is tried this often (about a minute), then dropped
 
 EMBEDDED_NOTICE = (
     "EMBEDDED MODE: REDIS_URL is not set, so ticks go to the in-process channel layer "
@@ -150,14 +156,24 @@ def feed_bars_store(
     *, instrument: Instrument, timeframe: int, rows: list[CandleRow], source: str
 ) -> UpsertResult:
     """Store closed bars and at most one forming bar (the newest): a forming bar older than the newest row
-    written was never confirmed closed and is removed, so only the current one stays ``closed=False``."""
+    written was never confirmed closed and is removed, so only the current one stays ``closed=False``.
+    A replay only stores bars where none exists (``candles_upsert``) and removes only its own forming bars,
+    never one from Kraken."""
     with transaction.atomic():
         result = candles_upsert(instrument=instrument, timeframe=timeframe, rows=rows, source=source)
         newest = max(row.open_time for row in rows)
-        Candle.objects.filter(
+        superseded = Candle.objects.filter(
             instrument=instrument, timeframe=timeframe, closed=False, open_time__lt=newest
-        ).delete()
+        )
+        if source == Candle.Source.REPLAY:
+            superseded = superseded.filter(source=source)
+        superseded.delete()
     return result
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A write error that says nothing about the rows (database locked, connection lost): worth retrying."""
+    return isinstance(exc, OperationalError | InterfaceError)
 
 
 # --- The feed -------------------------------------------------------------------------------------------
@@ -170,6 +186,7 @@ class FeedReport:
     ticks: int = 0
     bars_closed: int = 0
     bars_written: int = 0
+    bars_dropped: int = 0  # bars the database refused (or kept failing on), given up on
     heartbeats: int = 0
     reconnects: int = 0
     rejected: int = 0
@@ -179,13 +196,15 @@ class FeedReport:
     went_live: int = 0
     refused: list[str] = field(default_factory=list)
     stale_at_exit: list[str] = field(default_factory=list)
+    unwritten_at_exit: int = 0  # closed bars still failing to write when the feed stopped
 
     def summary(self) -> str:
         refused = f" ({'; '.join(self.refused)})" if self.refused else ""
         return (
             f"run_market_feed ({self.source}): {self.events} events, {self.ticks} ticks "
             f"({self.published} published, {self.publish_errors} failed), {self.bars_closed} closed bars "
-            f"({self.bars_written} rows written), {self.reconnects} reconnects, {len(self.refused)} refused "
+            f"({self.bars_written} rows written, {self.bars_dropped} dropped), {self.reconnects} reconnects, "
+            f"{len(self.refused)} refused "
             f"subscriptions{refused}, {self.rejected} messages skipped, {self.went_stale} stale / "
             f"{self.went_live} live transitions"
         )
@@ -208,6 +227,7 @@ class MarketFeed:
         flush_every: float = 5.0,
         channel_layer=None,
         announce: Callable[[str], None] | None = None,
+        write_attempts: int = WRITE_ATTEMPTS,
     ) -> None:
         self.instruments = {instrument.symbol: instrument for instrument in instruments}
         if not self.instruments:
@@ -219,11 +239,15 @@ class MarketFeed:
         self.flush_every = flush_every
         self.channel_layer = channel_layer
         self.announce = announce
+        if write_attempts < 1:
+            raise ValueError("write_attempts must be at least 1")
+        self.write_attempts = write_attempts
         self.tracker: StalenessTracker | None = None
         self.report = FeedReport(source="?")
         self._seen: dict[str, tuple[datetime, Decimal | None]] = {}
         self._forming: dict[str, CandleRow] = {}
-        self._unwritten: dict[str, list[CandleRow]] = {}
+        # closed bars whose write failed for a transient reason: symbol → open time → (row, failed attempts)
+        self._unwritten: dict[str, dict[datetime, tuple[CandleRow, int]]] = {}
         self._last_flush = 0.0
         self._source_name = "?"
         self._store_as: str | None = None
@@ -262,6 +286,12 @@ class MarketFeed:
                 await self._flush()
             except DatabaseError:
                 logger.exception("market feed: the last status write failed")
+            self.report.unwritten_at_exit = sum(len(rows) for rows in self._unwritten.values())
+            if self.report.unwritten_at_exit:
+                logger.error(
+                    "market feed: stopping with %d closed bar(s) not stored (the database kept failing)",
+                    self.report.unwritten_at_exit,
+                )
             await self._apply(self.tracker.force_stale(), reason="the market feed stopped")
             self._update_gauges()
             self.report.stale_at_exit = [s for s in self.tracker.symbols if self.tracker.reported_stale(s)]
@@ -362,25 +392,84 @@ class MarketFeed:
         forming = self._forming.get(symbol)
         if forming is not None and forming.open_time <= row.open_time:
             del self._forming[symbol]
-        rows = [*self._unwritten.pop(symbol, []), row]
-        await self._write(symbol, rows)
+        await self._write(symbol, [row])
+
+    async def _store(self, symbol: str, rows: list[CandleRow]) -> UpsertResult:
+        return await sync_to_async(feed_bars_store)(
+            instrument=self.instruments[symbol], timeframe=self.timeframe, rows=rows, source=self._store_as
+        )
 
     async def _write(self, symbol: str, rows: list[CandleRow]) -> None:
+        """Store ``rows`` with the symbol's bars still unwritten, in one batch. If the database refuses it,
+        retry the rows one at a time: a row refused on its own is dropped, so it cannot block the others;
+        a row that failed for a transient reason is kept for the next write, at most ``write_attempts``
+        times. A forming row is never kept (the next update supersedes it)."""
+        pending = self._unwritten.pop(symbol, {})
+        for row in rows:
+            pending[row.open_time] = (row, 0)  # a new version of a bar starts its count again
+        if not pending:
+            return
+        batch = [pending[moment][0] for moment in sorted(pending)]
         try:
-            result = await sync_to_async(feed_bars_store)(
-                instrument=self.instruments[symbol],
-                timeframe=self.timeframe,
-                rows=rows,
-                source=self._store_as,
-            )
-        except DatabaseError:
-            closed = [row for row in rows if row.closed]
-            if closed:  # kept for the next flush; a forming row is superseded anyway
-                self._unwritten[symbol] = closed + self._unwritten.get(symbol, [])
+            result = await self._store(symbol, batch)
+        except Exception as exc:  # the database, or a value it cannot take: must not stop the feed
             ERRORS.labels(self._source_name, "database").inc()
-            logger.exception("market feed: could not store %d %s bar(s); will retry", len(rows), symbol)
+            if is_transient(exc):
+                logger.warning(
+                    "market feed: could not store %d %s bar(s) (%s: %s); will retry",
+                    len(batch),
+                    symbol,
+                    type(exc).__name__,
+                    exc,
+                )
+                for row, failures in pending.values():
+                    self._keep(symbol, row, failures + 1, exc)
+                return
+            logger.warning(
+                "market feed: the database refused %d %s bar(s) (%s: %s); retrying them one at a time",
+                len(batch),
+                symbol,
+                type(exc).__name__,
+                exc,
+            )
+            await self._write_each(symbol, pending)
             return
         self.report.bars_written += result.written
+
+    async def _write_each(self, symbol: str, pending: dict[datetime, tuple[CandleRow, int]]) -> None:
+        for moment in sorted(pending):
+            row, failures = pending[moment]
+            try:
+                result = await self._store(symbol, [row])
+            except Exception as exc:
+                if is_transient(exc):
+                    self._keep(symbol, row, failures + 1, exc)
+                else:
+                    self._drop(symbol, row, exc, attempts=failures + 1)
+                continue
+            self.report.bars_written += result.written
+
+    def _keep(self, symbol: str, row: CandleRow, failures: int, exc: BaseException) -> None:
+        if not row.closed:
+            return  # superseded by the next update of the forming bar
+        if failures >= self.write_attempts:
+            self._drop(symbol, row, exc, attempts=failures)
+            return
+        self._unwritten.setdefault(symbol, {})[row.open_time] = (row, failures)
+
+    def _drop(self, symbol: str, row: CandleRow, exc: BaseException, *, attempts: int) -> None:
+        self.report.bars_dropped += 1
+        ERRORS.labels(self._source_name, "bar_dropped").inc()
+        logger.error(
+            "market feed: DROPPED the %s %s %sm bar at %s after %d failed attempt(s): %s: %s",
+            "closed" if row.closed else "forming",
+            symbol,
+            self.timeframe,
+            row.open_time.isoformat(),
+            attempts,
+            type(exc).__name__,
+            exc,
+        )
 
     async def _publish(self, tick: Tick, now: datetime) -> None:
         message = {
@@ -424,12 +513,8 @@ class MarketFeed:
                     self._seen.setdefault(symbol, value)
                 raise
         for symbol in set(self._forming) | set(self._unwritten):
-            rows = list(self._unwritten.pop(symbol, []))
             forming = self._forming.pop(symbol, None)
-            if forming is not None:
-                rows.append(forming)
-            if rows:
-                await self._write(symbol, rows)
+            await self._write(symbol, [] if forming is None else [forming])
 
     async def _apply(self, changes: list[StaleChange], reason: str | None = None) -> None:
         for change in changes:

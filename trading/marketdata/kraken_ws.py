@@ -1,15 +1,10 @@
 """The live source: Kraken's public WebSocket v2 (``ticker`` and ``ohlc``), with reconnects. No Django here:
 the caller passes the URL, the pairs and the timeframe (``run_market_feed`` reads them from settings).
 
-Closing of OHLC bars. Kraken streams the candle of the current interval on every trade (``update``) and never
-says "this candle is final". :class:`OhlcCloser` keeps, per symbol, the forming bar; it is emitted closed when
-a message for a later ``interval_begin`` arrives (the next interval has begun, so no trade can change it any
-more). In a ``snapshot`` (sent on subscribe, so after every reconnect) every row older than the newest is
-closed, and the newest too when its interval ended more than ``close_grace`` seconds ago by our clock (the
-snapshot is Kraken's own, complete state of that candle). After a disconnect the forming bar is dropped, not
-closed: updates may have been missed; the snapshot that follows the resubscription replaces it. A message
-for a bar already closed, an older interval, an update that goes backwards (volume, trades, high or low
-regressing), a duplicate, a non-finite or inconsistent number: logged and skipped, never emitted.
+Parsing frames and closing OHLC bars (when a bar Kraken streams counts as final) live in
+:mod:`trading.marketdata.kraken_ws_messages`; this module is the connection. One frame never ends the feed:
+whatever it holds, :meth:`KrakenWSSource.handle_message` turns a frame it cannot use into a logged, counted
+:class:`~trading.marketdata.feed.Rejected` event — an error while handling it included (kind ``unhandled``).
 
 Reconnects: exponential backoff with full jitter (``uniform(0, min(cap, base·2ⁿ))``), reset after a
 connection stayed healthy for ``healthy_after`` seconds, at least ``maintenance_floor`` seconds while Kraken
@@ -30,17 +25,15 @@ import random
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
-from decimal import Decimal
+from dataclasses import dataclass
+from datetime import datetime
 
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidURI, WebSocketException
 from websockets.uri import parse_uri
 
-from trading.candles import BadCandle, CandleRow, check_timeframe, make_row, to_decimal
+from trading.candles import CandleRow, check_timeframe
 from trading.marketdata.feed import (
-    Bar,
     Connected,
     Disconnected,
     Event,
@@ -48,10 +41,30 @@ from trading.marketdata.feed import (
     Rejected,
     Subscribed,
     SubscriptionRefused,
-    Tick,
     utc_now,
     v2_symbol,
 )
+from trading.marketdata.kraken_ws_messages import (
+    Malformed,
+    OhlcCloser,
+    Rejection,
+    parse_candle,
+    parse_message,
+    parse_tick,
+)
+
+__all__ = [
+    "CHANNELS",
+    "Backoff",
+    "KrakenWSSource",
+    "OhlcCloser",
+    "ReconnectPolicy",
+    "Rejection",
+    "SourceStats",
+    "parse_candle",
+    "parse_message",
+    "parse_tick",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -112,184 +125,6 @@ class Backoff:
         if len(self._attempts) >= policy.budget:
             wait = max(wait, self._attempts[0] + policy.budget_window - now)
         return wait
-
-
-# --- OHLC closing (pure) ----------------------------------------------------------------------------------
-
-
-def _regresses(new: CandleRow, old: CandleRow) -> bool:
-    """An update of the same interval cannot lower volume, trades or the high, nor raise the low."""
-    if new.volume < old.volume or new.high < old.high or new.low > old.low:
-        return True
-    return new.trades is not None and old.trades is not None and new.trades < old.trades
-
-
-class OhlcCloser:
-    """Turns Kraken's running candles of one symbol into forming and closed bars (see the module doc)."""
-
-    def __init__(self, symbol: str, timeframe: int, *, close_grace: float = 30.0) -> None:
-        self.symbol = symbol
-        self.timeframe = check_timeframe(timeframe)
-        self.close_grace = timedelta(seconds=close_grace)
-        self.forming: CandleRow | None = None
-        self.last_closed: datetime | None = None
-
-    def _bar(self, row: CandleRow) -> Bar:
-        return Bar(self.symbol, self.timeframe, row)
-
-    def _close(self, row: CandleRow) -> Bar:
-        self.last_closed = row.open_time
-        return self._bar(replace(row, closed=True))
-
-    def update(self, row: CandleRow) -> tuple[list[Bar], Rejection | None]:
-        """An ``update`` row: the candle of its interval as it stands now."""
-        row = replace(row, closed=False)
-        if self.last_closed is not None and row.open_time <= self.last_closed:
-            return [], Rejection("out_of_order", f"{row.open_time:%Y-%m-%d %H:%M} is already closed")
-        forming = self.forming
-        if forming is None:
-            self.forming = row
-            return [self._bar(row)], None
-        if row.open_time < forming.open_time:
-            return [], Rejection(
-                "out_of_order",
-                f"{row.open_time:%Y-%m-%d %H:%M} is older than the forming {forming.open_time:%H:%M}",
-            )
-        if row.open_time == forming.open_time:
-            if row == forming:
-                return [], Rejection("duplicate", f"{row.open_time:%Y-%m-%d %H:%M} repeated unchanged")
-            if _regresses(row, forming):
-                return [], Rejection("out_of_order", f"{row.open_time:%Y-%m-%d %H:%M} update goes backwards")
-            self.forming = row
-            return [self._bar(row)], None
-        # A later interval has begun: the forming bar is final.
-        self.forming = row
-        return [self._close(forming), self._bar(row)], None
-
-    def snapshot(self, rows: Iterable[CandleRow], now: datetime) -> list[Bar]:
-        """A ``snapshot``: Kraken's recent candles, the newest possibly still forming."""
-        by_time = {row.open_time: replace(row, closed=False) for row in rows}
-        if not by_time:
-            return []
-        newest = max(by_time)
-        minutes = timedelta(minutes=self.timeframe)
-        bars = []
-        self.forming = None
-        for moment in sorted(by_time):
-            row = by_time[moment]
-            if self.last_closed is not None and moment <= self.last_closed:
-                continue  # already closed and emitted (a snapshot after a reconnect repeats it)
-            if moment < newest or moment + minutes + self.close_grace <= now:
-                bars.append(self._close(row))
-            else:
-                self.forming = row
-                bars.append(self._bar(row))
-        return bars
-
-    def reset(self) -> None:
-        """The connection dropped: the forming bar may have missed updates; the next snapshot replaces it."""
-        self.forming = None
-
-
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    kind: str  # malformed, not_finite, out_of_order, duplicate, unexpected, kraken_error
-    reason: str
-
-
-# --- Parsing ----------------------------------------------------------------------------------------------
-
-
-class _Malformed(ValueError):
-    def __init__(self, kind: str, reason: str) -> None:
-        super().__init__(reason)
-        self.kind = kind
-
-
-def _number(item: dict, field: str, *, optional: bool = False) -> Decimal | None:
-    value = item.get(field)
-    if value is None:
-        if optional:
-            return None
-        raise _Malformed("malformed", f"{field} is missing")
-    if isinstance(value, bool) or not isinstance(value, Decimal | int | str):
-        raise _Malformed("malformed", f"{field}={value!r} is not a number")
-    try:
-        number = to_decimal(value, field)
-    except BadCandle as exc:
-        raise _Malformed("not_finite" if "finite" in str(exc) else "malformed", str(exc)) from None
-    if number <= 0:
-        raise _Malformed("malformed", f"{field}={number} is not positive")
-    return number
-
-
-def _time(value, field: str) -> datetime:
-    if not isinstance(value, str):
-        raise _Malformed("malformed", f"{field}={value!r} is not an RFC 3339 time")
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise _Malformed("malformed", f"{field}={value!r} is not an RFC 3339 time") from None
-    if moment.tzinfo is None:
-        raise _Malformed("malformed", f"{field}={value!r} has no time zone")
-    return moment
-
-
-def _json_constant(name: str) -> Decimal:
-    return Decimal(name)  # NaN, Infinity, -Infinity: kept as numbers so validation names them
-
-
-def parse_message(raw: str | bytes) -> dict:
-    """One WebSocket frame as JSON; numbers as exact Decimals (Kraken sends prices as JSON floats)."""
-    try:
-        message = json.loads(raw, parse_float=Decimal, parse_constant=_json_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise _Malformed("malformed", f"not JSON ({exc})") from None
-    if not isinstance(message, dict):
-        raise _Malformed("malformed", "not a JSON object")
-    return message
-
-
-def parse_tick(item: dict, *, received: datetime) -> Tick:
-    symbol = item.get("symbol")
-    if not isinstance(symbol, str):
-        raise _Malformed("malformed", "ticker without a symbol")
-    stamp = item.get("timestamp")
-    return Tick(
-        symbol=symbol,
-        price=_number(item, "last"),
-        bid=_number(item, "bid", optional=True),
-        ask=_number(item, "ask", optional=True),
-        time=_time(stamp, "timestamp") if stamp is not None else received,
-    )
-
-
-def parse_candle(item: dict, *, timeframe: int) -> tuple[str, CandleRow]:
-    symbol = item.get("symbol")
-    if not isinstance(symbol, str):
-        raise _Malformed("malformed", "ohlc without a symbol")
-    if item.get("interval") != timeframe:
-        raise _Malformed("unexpected", f"ohlc interval {item.get('interval')!r}, subscribed {timeframe}")
-    trades = item.get("trades")
-    if trades is not None and (isinstance(trades, bool) or not isinstance(trades, int | Decimal)):
-        raise _Malformed("malformed", f"trades={trades!r} is not a count")
-    values = {name: _number(item, name) for name in ("open", "high", "low", "close")}
-    volume = item.get("volume")
-    if volume is None or isinstance(volume, bool) or not isinstance(volume, Decimal | int):
-        raise _Malformed("malformed", f"volume={volume!r} is not a number")
-    try:
-        row = make_row(
-            open_time=_time(item.get("interval_begin"), "interval_begin"),
-            volume=volume,
-            trades=None if trades is None else int(trades),
-            closed=False,
-            minutes=timeframe,
-            **values,
-        )
-    except (BadCandle, ValueError) as exc:
-        kind = "not_finite" if "finite" in str(exc) else "malformed"
-        raise _Malformed(kind, str(exc)) from None
-    return symbol, row
 
 
 # --- The source -------------------------------------------------------------------------------------------
@@ -450,12 +285,27 @@ class KrakenWSSource:
         return Rejected(self.clock(), kind, reason, symbol)
 
     def handle_message(self, raw: str | bytes) -> list[Event]:
-        """One frame from the socket as events (public for tests; the connection loop calls it)."""
+        """One frame from the socket as events (public for tests; the connection loop calls it). Never
+        raises: a frame that cannot be handled, whatever the error, is one logged, counted ``Rejected``."""
         self.stats.messages += 1
         now = self.clock()
         try:
+            return self._handle(raw, now)
+        except Exception as exc:  # one bad frame must not end the feed
+            self.stats.rejected += 1
+            logger.error(
+                "kraken ws: skipped a message that could not be handled (%s: %s): %.300r",
+                type(exc).__name__,
+                exc,
+                raw,
+                exc_info=True,
+            )
+            return [Rejected(now, "unhandled", f"{type(exc).__name__}: {exc}")]
+
+    def _handle(self, raw: str | bytes, now: datetime) -> list[Event]:
+        try:
             message = parse_message(raw)
-        except _Malformed as exc:
+        except Malformed as exc:
             return [self._reject(exc.kind, str(exc))]
         if "method" in message:
             return self._on_method(message, now)
@@ -479,7 +329,10 @@ class KrakenWSSource:
         if message.get("method") != "subscribe":
             return []
         result = message.get("result") if isinstance(message.get("result"), dict) else {}
-        channel = result.get("channel") or self._req_ids.get(message.get("req_id"), "?")
+        channel = result.get("channel")
+        if not isinstance(channel, str) or not channel:
+            req_id = message.get("req_id")  # ours are ints; anything else (a list is unhashable) is unknown
+            channel = self._req_ids.get(req_id, "?") if isinstance(req_id, int) else "?"
         symbol = result.get("symbol") or message.get("symbol")
         if message.get("success") is True:
             if not isinstance(symbol, str):
@@ -510,9 +363,9 @@ class KrakenWSSource:
         for item in data:
             try:
                 if not isinstance(item, dict):
-                    raise _Malformed("malformed", "ticker item is not an object")
+                    raise Malformed("malformed", "ticker item is not an object")
                 tick = parse_tick(item, received=now)
-            except _Malformed as exc:
+            except Malformed as exc:
                 events.append(self._reject(exc.kind, f"ticker: {exc}", _symbol_of(item)))
                 continue
             if tick.symbol not in self._closers:
@@ -527,9 +380,9 @@ class KrakenWSSource:
         for item in data:
             try:
                 if not isinstance(item, dict):
-                    raise _Malformed("malformed", "ohlc item is not an object")
+                    raise Malformed("malformed", "ohlc item is not an object")
                 symbol, row = parse_candle(item, timeframe=self.timeframe)
-            except _Malformed as exc:
+            except Malformed as exc:
                 events.append(self._reject(exc.kind, f"ohlc: {exc}", _symbol_of(item)))
                 continue
             closer = self._closers.get(symbol)

@@ -39,9 +39,10 @@ class ReplaySource:
     """Plays ``bars`` (symbol → closed rows) in time order: bars closing at the same moment together,
     ``speed`` times faster than real time (market seconds per wall-clock second).
 
-    ``store`` True: the feed stores the bars as ``replay`` candles (rows from a file into a demo database).
-    False: the rows are already stored (replayed from the database) and are not rewritten, which would
-    relabel Kraken's bars as replayed ones."""
+    ``store`` True: the feed stores the bars as ``replay`` candles (rows from a file into a demo database),
+    insert-only: a replayed bar is stored only where no bar exists, so Kraken's bars are never overwritten
+    (``candles_upsert``). False: the rows are already stored (replayed from the database) and are not
+    rewritten, which would relabel Kraken's bars as replayed ones."""
 
     name = "replay"
 

@@ -59,7 +59,8 @@ class Command(BaseCommand):
             default=[],
             metavar="PAIR=FILE",
             help="replay a Kraken OHLCVT file (time,open,high,low,close,volume,trades) for PAIR instead of "
-            "stored candles; its bars are stored with source 'replay'. Repeatable.",
+            "stored candles; its bars are stored with source 'replay' where no bar is stored yet (a replay "
+            "never overwrites Kraken's bars). Repeatable.",
         )
         parser.add_argument(
             "--metrics-port",
@@ -195,7 +196,7 @@ class Command(BaseCommand):
                     for row in rows
                     if (since is None or row.open_time >= since) and (until is None or row.open_time < until)
                 ]
-            store, origin = True, "files (stored as 'replay' candles)"
+            store, origin = True, "files (stored as 'replay' candles where none exists)"
         else:
             bars = load_stored_bars(instruments=instruments, timeframe=timeframe, since=since, until=until)
             store, origin = False, "stored closed candles (not rewritten)"
