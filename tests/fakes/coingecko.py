@@ -14,10 +14,11 @@ Prices come from a deterministic function of the sample time (``price(ms)``), th
 one the test gives, or from explicit ``[ms, value]`` points (served as given: duplicates, disorder and bad
 values included). Every request is logged. Faults are queued with :meth:`FakeCoinGecko.inject` and apply to
 the next calls (optionally after letting ``after`` calls through): HTTP 429 with ``Retry-After``, 5xx,
-malformed JSON, missing keys, a dropped connection; data faults (bad values, duplicated or shuffled points,
-gaps) are settings of the coin's series. When ``api_key`` is set, requests without the matching header
-(``x-cg-demo-api-key`` or ``x-cg-pro-api-key``) get CoinGecko's 401; ``history_limit_days`` mimics the
-demo plan's 365-day window.
+malformed JSON, missing keys, a dropped connection, a ``coarse`` market_chart answer (samples every ``step``
+seconds, e.g. daily where the range rules say hourly, as CoinGecko may answer); data faults (bad values,
+duplicated or shuffled points, gaps) are settings of the coin's series. When ``api_key`` is set, requests
+without the matching header (``x-cg-demo-api-key`` or ``x-cg-pro-api-key``) get CoinGecko's 401;
+``history_limit_days`` mimics the demo plan's 365-day window.
 """
 
 from __future__ import annotations
@@ -83,12 +84,13 @@ class Series:
 
 @dataclass
 class Fault:
-    kind: str  # status | malformed | missing (keys left out; OHLC rows cut short) | disconnect
+    kind: str  # status | malformed | missing (keys left out; OHLC rows cut short) | disconnect | coarse
     times: int
     after: int = 0
     status: int = 500
     retry_after: str | None = None
     keys: tuple[str, ...] = ("prices",)
+    step: int = DAY  # coarse: seconds between the samples served, whatever the range asked
     endpoint: str | None = None  # "market_chart_range" | "ohlc" | None for any
 
 
@@ -193,7 +195,7 @@ class FakeCoinGecko:
 
     def inject(self, kind: str, *, times: int = 1, after: int = 0, **options) -> Fault:
         """Queue a fault for the next ``times`` matching calls, after letting ``after`` of them through."""
-        if kind not in {"status", "malformed", "missing", "disconnect"}:
+        if kind not in {"status", "malformed", "missing", "disconnect", "coarse"}:
             raise ValueError(f"unknown fault {kind!r}")
         fault = Fault(kind=kind, times=times, after=after, **options)
         with self._lock:
@@ -266,7 +268,8 @@ class FakeCoinGecko:
         if endpoint == "ohlc":
             rows = self._ohlc(series, params)
             raise _Answer(200, [row[:4] for row in rows] if missing else rows)
-        answer = self._market_chart_range(series, params)
+        step = fault.step if fault is not None and fault.kind == "coarse" else None
+        answer = self._market_chart_range(series, params, step=step)
         raise _Answer(200, {key: value for key, value in answer.items() if key not in missing})
 
     def _take_fault(self, endpoint: str) -> Fault | None:
@@ -313,7 +316,7 @@ class FakeCoinGecko:
             points = points[1::2][::-1] + points[0::2]
         return points
 
-    def _market_chart_range(self, series: Series, params: dict[str, str]) -> dict:
+    def _market_chart_range(self, series: Series, params: dict[str, str], *, step: int | None = None) -> dict:
         try:
             start, end = float(params["from"]), float(params["to"])
         except (KeyError, ValueError):
@@ -322,7 +325,9 @@ class FakeCoinGecko:
             raise _Answer(400, {"error": "to must not be before from"})
         self._limit_history(start)
         span = end - start
-        if span <= DAY and start >= self.now() - DAY:
+        if step is not None:
+            pass  # a coarse fault overrides CoinGecko's rules
+        elif span <= DAY and start >= self.now() - DAY:
             step = 5 * MINUTE
         elif span <= 90 * DAY:
             step = HOUR

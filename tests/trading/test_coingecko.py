@@ -9,12 +9,14 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import httpx
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from governance.models import AuditEvent
-from tests.fakes.coingecko import fake_coingecko, sample_offset_ms  # noqa: F401
+from tests.fakes.coingecko import DAY, HOUR, fake_coingecko, sample_offset_ms  # noqa: F401
 from trading.candles import CandleRow
+from trading.marketdata import coingecko, coingecko_candles
 from trading.marketdata.coingecko import (
     DEFAULT_COINS,
     CoinGeckoClient,
@@ -23,15 +25,17 @@ from trading.marketdata.coingecko import (
     RetryPolicy,
     backfill_coingecko,
     chunk_span,
+    expected_spacing,
     parse_retry_after,
     plan_chunks,
 )
 from trading.marketdata.coingecko_candles import (
+    CLOSE_GRACE,
     MalformedAnswer,
+    bar_open_ms,
     clean_series,
+    close_grace,
     market_chart_to_candles,
-    ohlc_interval_minutes,
-    ohlc_to_candles,
 )
 from trading.models import Candle
 from trading.services import candles_upsert
@@ -55,6 +59,14 @@ def sample_ms(grid: datetime) -> int:
     """Where the fake puts the sample for an hourly or 5-minute grid time."""
     seconds = int(grid.timestamp())
     return seconds * 1000 + sample_offset_ms(seconds)
+
+
+def close_price(open_time: datetime, timeframe=60) -> Decimal:
+    """What a bar of a known hourly series must close at: the sample just after the bar's END."""
+    return Decimal(str(hourly_price(sample_ms(open_time + timedelta(minutes=timeframe)))))
+
+
+GRACE_S = int(CLOSE_GRACE.total_seconds())
 
 
 def bars(instrument, timeframe=60):
@@ -128,26 +140,50 @@ def test_bad_points_are_dropped_by_reason_duplicates_kept_last_and_points_sorted
 
 def test_market_chart_buckets_clip_to_the_window_and_mark_the_forming_bar():
     base = int(datetime(2026, 1, 1, tzinfo=UTC).timestamp() * 1000)
+    minute = 60_000
     answer = {
         "prices": [
-            [base + 2 * HOUR_MS + 5, 7.0],  # next hour, outside the window end
-            [base + 50_000, 5.0],
-            [base + 10_000, 4.0],
-            [base + HOUR_MS + 1, 6.0],
-            [base + 30_000, 9.0],
+            [base + 2 * HOUR_MS + 3 * minute, 1.0],  # opens the 02:00 bar: outside the window end
+            [base + 30 * minute, 9.0],
+            [base + 10 * minute, 4.0],
+            [base + 30_000, 3.0],  # 00:00:30 closes the 23:00 bar: before the window start
+            [base + HOUR_MS + 1, 6.0],  # 01:00:00.001: the close of the 00:00 bar
+            [base + HOUR_MS + 2 * minute, 8.0],  # 01:02:00, the grace is over: opens the 01:00 bar
+            [base + 50 * minute, 5.0],
+            [base + 2 * HOUR_MS + 5, 7.0],  # 02:00:00.005: the close of the 01:00 bar
         ]
     }
     start = datetime(2026, 1, 1, tzinfo=UTC)
     result = market_chart_to_candles(
-        answer, timeframe=60, now=start + timedelta(minutes=90), start=start, end=start + timedelta(hours=2)
+        answer,
+        timeframe=60,
+        now=start + timedelta(hours=2, minutes=1),
+        start=start,
+        end=start + timedelta(hours=2),
     )
     assert [(r.open_time.hour, r.open, r.high, r.low, r.close, r.closed) for r in result.rows] == [
-        (0, Decimal("4.0"), Decimal("9.0"), Decimal("4.0"), Decimal("5.0"), True),
-        (1, Decimal("6.0"), Decimal("6.0"), Decimal("6.0"), Decimal("6.0"), False),
+        (0, Decimal("4.0"), Decimal("9.0"), Decimal("4.0"), Decimal("6.0"), True),
+        # ended at 02:00, but its closing sample may come until 02:02: not closed at 02:01
+        (1, Decimal("8.0"), Decimal("8.0"), Decimal("7.0"), Decimal("7.0"), False),
     ]
-    assert (result.points, result.outside) == (4, 1)
+    assert (result.points, result.outside) == (6, 2)
+    # gaps between the 8 sorted points: 9.5, 20, 20, 10 (+1 ms), 2 (-1 ms), 58 (+4 ms), 3 (-5 ms) minutes
+    assert result.spacing == timedelta(minutes=10, milliseconds=1)
     assert all(r.volume == 0 and r.trades is None for r in result.rows)
     assert result.closed_rows == result.rows[:1]
+
+
+def test_bucketing_rule_edges():
+    hour = datetime(2026, 1, 1, 13, tzinfo=UTC)
+    ms = int(hour.timestamp() * 1000)
+    previous = int((hour - timedelta(hours=1)).timestamp() * 1000)
+    assert close_grace(60) == close_grace(5) == CLOSE_GRACE == timedelta(minutes=2)
+    assert close_grace(1) == timedelta(seconds=30)  # never a whole bar
+    assert bar_open_ms(ms, 60) == previous  # exactly on the boundary: the price at 13:00 closes 12:00-13:00
+    assert bar_open_ms(ms + 41_331, 60) == previous  # 13:00:41.331, CoinGecko's usual stamp
+    assert bar_open_ms(ms + 119_999, 60) == previous
+    assert bar_open_ms(ms + 120_000, 60) == ms  # 13:02:00 is inside 13:00-14:00
+    assert bar_open_ms(ms + 3_599_999, 60) == ms
 
 
 def test_market_chart_without_prices_is_malformed():
@@ -157,22 +193,57 @@ def test_market_chart_without_prices_is_malformed():
         market_chart_to_candles({"prices": {"a": 1}}, timeframe=60, now=NOW)
 
 
-def test_ohlc_rows_mark_the_close_and_rows_off_the_grid_are_dropped():
-    close = int(datetime(2026, 1, 1, 4, tzinfo=UTC).timestamp() * 1000)
-    answer = [
-        [close + 4 * HOUR_MS, 12, 13, 11, 12.5],
-        [close, 10, 12, 9, 11],
-        [close + 4 * HOUR_MS + 77_000, 12.5, 12.6, 12.4, 12.5],  # live sample, off the 4h grid
-        [close + 8 * HOUR_MS, 1, 1, 2, 1],  # high below low
-        [close + 12 * HOUR_MS, None, 1, 1, 1],
+def test_hourly_samples_close_the_bar_that_ends_when_they_are_taken():
+    """Hand-checked: each hourly sample (stamped HH:00:xx) is the close of the bar ENDING at HH:00, and the
+    daily bar closes with the next day's 00:00:xx sample, not the 23:00 one."""
+    day = datetime(2026, 3, 10, tzinfo=UTC)
+
+    def at(hour, second):
+        return int((day + timedelta(hours=hour, seconds=second)).timestamp() * 1000)
+
+    prices = (
+        [[at(0, 41), 50.0]]  # 03-10 00:00:41: the close of 03-09's last bar and of 03-09's day
+        + [[at(h, 30 + h), 100.0 + h] for h in range(1, 24)]  # 01:00:31 → 101 … 23:00:53 → 123
+        + [[at(24, 12), 99.0], [at(25, 40), 200.0]]  # 03-11 00:00:12 → 99, 01:00:40 → 200
+    )
+    answer = {"prices": prices}
+    now = day + timedelta(days=1, hours=1, minutes=2)  # 03-11 01:02
+    hourly = market_chart_to_candles(answer, timeframe=60, now=now).rows
+    assert [(r.open_time, r.close, r.closed) for r in hourly] == (
+        [(day - timedelta(hours=1), Decimal("50.0"), True)]
+        + [(day + timedelta(hours=h - 1), Decimal(str(100.0 + h)), True) for h in range(1, 24)]
+        + [
+            (day + timedelta(hours=23), Decimal("99.0"), True),
+            (day + timedelta(hours=24), Decimal("200.0"), True),
+        ]
+    )
+    assert all(r.open == r.high == r.low == r.close for r in hourly)  # one sample each: its close
+    bar_12 = next(r for r in hourly if r.open_time == day + timedelta(hours=12))
+    assert bar_12.close == Decimal("113.0")  # the 13:00:43 sample closes 12:00-13:00
+
+    daily = market_chart_to_candles(answer, timeframe=1440, now=now).rows
+    assert [(r.open_time, r.open, r.high, r.low, r.close, r.closed) for r in daily] == [
+        (day - timedelta(days=1), Decimal("50.0"), Decimal("50.0"), Decimal("50.0"), Decimal("50.0"), True),
+        # 03-10: samples 01:00 … 23:00 (101 … 123), then 03-11 00:00:12 (99) closes it
+        (day, Decimal("101.0"), Decimal("123.0"), Decimal("99.0"), Decimal("99.0"), True),
+        (
+            day + timedelta(days=1),
+            Decimal("200.0"),
+            Decimal("200.0"),
+            Decimal("200.0"),
+            Decimal("200.0"),
+            False,
+        ),
     ]
-    result = ohlc_to_candles(answer, now=datetime(2026, 1, 1, 6, tzinfo=UTC), interval_minutes=240)
-    assert [(r.open_time, r.open, r.close, r.closed) for r in result.rows] == [
-        (datetime(2026, 1, 1, 0, tzinfo=UTC), Decimal(10), Decimal(11), True),
-        (datetime(2026, 1, 1, 4, tzinfo=UTC), Decimal(12), Decimal("12.5"), False),
-    ]
-    assert result.dropped == {"unaligned close time": 1, "inconsistent ohlc": 1, "null": 1}
-    assert [ohlc_interval_minutes(d) for d in (1, 2, 3, 30, 31, 365)] == [30, 30, 240, 240, 5760, 5760]
+    # 03-10's day bar is closed only once its 00:00:xx close sample can no longer come (00:02).
+    assert (
+        not market_chart_to_candles(answer, timeframe=1440, now=day + timedelta(days=1, minutes=1))
+        .rows[1]
+        .closed
+    )
+    assert (
+        market_chart_to_candles(answer, timeframe=1440, now=day + timedelta(days=1, minutes=2)).rows[1].closed
+    )
 
 
 @needs_samples
@@ -180,7 +251,8 @@ def test_pycoingecko_five_minute_series_to_hourly_bars_by_hand():
     samples = json.loads(SAMPLES.read_text())
     answer = samples["pycoingecko_market_chart_days1"]["response"]
     # Points: 12:44:59 6756.94…, 12:49:43 6696.89…, 12:54:56 6689.99…, 12:59:39 6668.29…,
-    #         13:05:02 6703.74…, 13:09:44 6706.89… (2018-08-27 UTC)
+    #         13:05:02 6703.74…, 13:09:44 6706.89… (2018-08-27 UTC). None lands within 2 minutes after
+    #         13:00, so the 12:00 bar closes with 12:59:39; 13:05:02 is 2 s after 13:05.
     now = datetime(2018, 8, 27, 13, 10, tzinfo=UTC)
     rows = market_chart_to_candles(answer, timeframe=60, now=now).rows
     assert rows == (
@@ -203,9 +275,28 @@ def test_pycoingecko_five_minute_series_to_hourly_bars_by_hand():
         ),
     )
     five = market_chart_to_candles(answer, timeframe=5, now=now).rows
-    # 13:00-13:05 had no sample: a real gap, not filled.
-    assert [r.open_time.strftime("%H:%M") for r in five] == ["12:40", "12:45", "12:50", "12:55", "13:05"]
-    assert (five[-1].open, five[-1].close) == (Decimal("6703.7499879964"), Decimal("6706.898948451269"))
+    # Each 5-minute bar gets the one sample nearest its end: 12:44:59 closes 12:40-12:45, 13:05:02 closes
+    # 13:00-13:05; 13:09:44 is in 13:05-13:10, still open at 13:10 (its close may come until 13:12).
+    assert [r.open_time.strftime("%H:%M") for r in five] == [
+        "12:40",
+        "12:45",
+        "12:50",
+        "12:55",
+        "13:00",
+        "13:05",
+    ]
+    assert [r.close for r in five] == [
+        Decimal(v)
+        for v in (
+            "6756.942910425894",
+            "6696.894541693875",
+            "6689.990513793263",
+            "6668.291007556478",
+            "6703.7499879964",
+            "6706.898948451269",
+        )
+    ]
+    assert [r.closed for r in five] == [True] * 5 + [False]
 
 
 @needs_samples
@@ -214,22 +305,26 @@ def test_documented_examples_convert_to_sane_candles():
     hourly = market_chart_to_candles(
         samples["market_chart_range"]["response"], timeframe=60, now=datetime(2024, 1, 2, tzinfo=UTC)
     ).rows
-    assert [r.open_time for r in hourly] == [datetime(2024, 1, 1, h, tzinfo=UTC) for h in range(3)]
-    assert hourly[0].open == hourly[0].close == Decimal("42261.0406175669")
+    # 00:00:41.331, 01:00:47.420, 02:00:43.652: each is the close of the hour that just ended.
+    assert [r.open_time for r in hourly] == [
+        datetime(2023, 12, 31, 23, tzinfo=UTC),
+        datetime(2024, 1, 1, 0, tzinfo=UTC),
+        datetime(2024, 1, 1, 1, tzinfo=UTC),
+    ]
+    assert [r.close for r in hourly] == [
+        Decimal("42261.0406175669"),
+        Decimal("42493.2764087546"),
+        Decimal("42654.0731066594"),
+    ]
+    assert all(r.open == r.close for r in hourly)
 
     daily = market_chart_to_candles(
         samples["market_chart"]["response"], timeframe=1440, now=datetime(2024, 4, 1, 15, 1, 22, tzinfo=UTC)
     ).rows
-    assert [(r.open_time.day, r.closed) for r in daily] == [(31, True), (1, False)]
-    assert (daily[1].open, daily[1].close) == (Decimal("71246.9514406015"), Decimal("68887.7495158568"))
-
-    ohlc = ohlc_to_candles(samples["ohlc"]["response"], now=datetime(2024, 3, 3, tzinfo=UTC)).rows
-    # 1709395200000 is 2024-03-02 16:00 UTC, the CLOSE of a 4-hour candle.
-    assert [r.open_time for r in ohlc] == [datetime(2024, 3, 2, h, tzinfo=UTC) for h in (12, 16, 20)]
-    assert (ohlc[0].open, ohlc[0].high, ohlc[0].low, ohlc[0].close) == tuple(
-        map(Decimal, (61942, 62211, 61721, 61845))
-    )
-    assert all(r.closed for r in ohlc)
+    # Daily points sit at 00:00:00 exactly: each closes the day before; 15:01:22 is today's live price.
+    assert [(r.open_time.day, r.closed) for r in daily] == [(30, True), (31, True), (1, False)]
+    assert daily[1].close == Decimal("71246.9514406015")
+    assert daily[2].open == daily[2].close == Decimal("68887.7495158568")
 
 
 def test_chunks_are_aligned_contiguous_and_within_the_hourly_span():
@@ -283,8 +378,8 @@ def test_year_of_hourly_bars_from_a_known_series(btc, client, fake):
     assert stored[0][0] == start
     assert stored[-1][0] == end - timedelta(hours=1)
     for open_time, o, h, low, c in stored[:: 24 * 30] + stored[-1:]:
-        expected = Decimal(str(hourly_price(sample_ms(open_time))))
-        assert o == h == low == c == expected, open_time
+        # one sample per bar, taken just after the bar ENDS: its close, as Kraken's close for that bar
+        assert o == h == low == c == close_price(open_time), open_time
     assert set(Candle.objects.values_list("source", "closed", "volume", "trades")) == {
         ("coingecko", True, Decimal(0), None)
     }
@@ -292,8 +387,10 @@ def test_year_of_hourly_bars_from_a_known_series(btc, client, fake):
     assert len(requests) == 5
     spans = [(int(r.params["from"]), int(r.params["to"])) for r in requests]
     assert all(to - frm <= 90 * 86400 for frm, to in spans)
-    assert spans[0][0] == int(start.timestamp())
-    assert spans[-1][1] == int(end.timestamp())
+    # each chunk of bars [a, b) asks for the samples in [a + grace, b + grace]
+    assert spans[0][0] == int(start.timestamp()) + GRACE_S
+    assert spans[-1][1] == int(end.timestamp()) + GRACE_S
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))
 
     event = AuditEvent.objects.get(action="history.backfilled")
     assert event.actor == "system:backfill_history"
@@ -314,8 +411,13 @@ def test_daily_bars_aggregate_hourly_samples(btc, client):
     run(btc, client, days=30, timeframe=1440)
     stored = bars(btc, 1440)
     assert len(stored) == 29  # 2026-08-27 … 2026-09-24; today's bar is still forming
-    # Each day's samples visit 1000 + 10*(h*7 mod 24): open h=0 → 1000, close h=23 → 1170.
-    assert {row[1:] for row in stored} == {(Decimal(1000), Decimal(1230), Decimal(1000), Decimal(1170))}
+    # Each day's samples visit 1000 + 10*(h*7 mod 24). A day's bar holds its samples h=1 … 23 and the next
+    # day's h=0 one (00:00:xx, its close): open h=1 → 1070, high h=17 → 1230, low = close = h=0 → 1000.
+    assert {row[1:] for row in stored} == {(Decimal(1070), Decimal(1230), Decimal(1000), Decimal(1000))}
+    # the last day's bar closes with the 09-25 00:00:xx sample, not the 09-24 23:00:xx one
+    last_day = datetime(2026, 9, 24, tzinfo=UTC)
+    assert stored[-1][0] == last_day
+    assert stored[-1][4] == close_price(last_day, 1440) != close_price(last_day + timedelta(hours=22))
 
 
 def test_fifteen_minute_bars_from_the_last_day_of_five_minute_samples(btc, client, fake):
@@ -324,7 +426,8 @@ def test_fifteen_minute_bars_from_the_last_day_of_five_minute_samples(btc, clien
     stored = bars(btc, 15)
     assert len(stored) == 95
     open_time = stored[10][0]
-    prices = [200.0 + (sample_ms(open_time + timedelta(minutes=m)) // 300_000) % 7 for m in (0, 5, 10)]
+    # the samples at about +5, +10 and +15 minutes; the last one, just after the bar's end, is its close
+    prices = [200.0 + (sample_ms(open_time + timedelta(minutes=m)) // 300_000) % 7 for m in (5, 10, 15)]
     assert stored[10][1:] == tuple(Decimal(str(p)) for p in (prices[0], max(prices), min(prices), prices[-1]))
     with pytest.raises(ValueError, match="5-minute samples for the last day only"):
         run(btc, client, days=2, timeframe=15)
@@ -345,7 +448,7 @@ def test_rerun_adds_nothing_and_a_later_run_adds_only_new_bars(btc, client, fake
     later = run(btc, client, days=200, now=tomorrow)
     assert later.inserted == 24
     assert later.chunks == 1
-    assert int(fake.calls()[-1].params["from"]) == int(first.end.timestamp())
+    assert int(fake.calls()[-1].params["from"]) == int(first.end.timestamp()) + GRACE_S
     assert AuditEvent.objects.filter(action="history.backfilled").count() == 3
 
 
@@ -362,7 +465,7 @@ def test_interrupted_run_keeps_stored_chunks_and_a_rerun_completes(btc, client, 
 
     report = run(btc, client, days=200)
     assert report.resumed_from == report.start + timedelta(days=90)
-    assert int(fake.calls()[-3].params["from"]) == int(report.resumed_from.timestamp())
+    assert int(fake.calls()[-3].params["from"]) == int(report.resumed_from.timestamp()) + GRACE_S
     assert report.inserted == 200 * 24 - 1 - 90 * 24
     stored = bars(btc)
     assert len(stored) == len({row[0] for row in stored}) == 200 * 24 - 1
@@ -437,8 +540,9 @@ def test_bad_values_are_dropped_and_counted(btc, client, fake):
     assert report.dropped == expected
     assert report.inserted == 10 * 24 - 1 - len(bad)
     stored_times = {row[0] for row in bars(btc)}
-    assert not stored_times & {base + timedelta(hours=h) for h in range(len(bad))}
-    assert base + timedelta(hours=len(bad)) in stored_times
+    # the sample at base + h is the close of the bar opening at base + h - 1
+    assert not stored_times & {base + timedelta(hours=h - 1) for h in range(len(bad))}
+    assert base + timedelta(hours=len(bad) - 1) in stored_times
     assert AuditEvent.objects.get(action="history.backfilled").details["dropped"] == expected
 
 
@@ -449,15 +553,15 @@ def test_duplicated_and_out_of_order_points_give_the_same_bars(universe, client,
     assert messy.duplicates > 0
     assert clean.duplicates == 0
     assert bars(universe["BTC/USD"], 240) == bars(universe["ETH/USD"], 240)
-    # 4-hour bar from 00:00: samples h=0..3 → 1000, 1070, 1140, 1210 (h*7 mod 24).
+    # 4-hour bar from 00:00: samples h=1..4 → 1070, 1140, 1210, 1040 (h*7 mod 24); 04:00:xx closes it.
     bar = Candle.objects.get(
         instrument=universe["BTC/USD"], timeframe=240, open_time=datetime(2026, 9, 20, tzinfo=UTC)
     )
     assert (bar.open, bar.high, bar.low, bar.close) == (
-        Decimal(1000),
+        Decimal(1070),
         Decimal(1210),
-        Decimal(1000),
-        Decimal(1210),
+        Decimal(1040),
+        Decimal(1040),
     )
 
 
@@ -467,9 +571,52 @@ def test_gaps_stay_gaps(btc, client, fake):
     fake.series("bitcoin", price=hourly_price, gaps=[gap])
     report = run(btc, client, days=10)
     assert report.inserted == 10 * 24 - 1 - 5
-    assert not Candle.objects.filter(
-        open_time__gte=gap_start, open_time__lt=gap_start + timedelta(hours=5)
-    ).exists()
+    # no samples stamped 03:00 … 07:00: the bars those would close (02:00 … 06:00) stay missing
+    missing = (gap_start - timedelta(hours=1), gap_start + timedelta(hours=4))
+    assert not Candle.objects.filter(open_time__gte=missing[0], open_time__lt=missing[1]).exists()
+    assert Candle.objects.filter(open_time__in=[missing[0] - timedelta(hours=1), missing[1]]).count() == 2
+
+
+def test_a_chunk_answered_daily_instead_of_hourly_fails_and_stores_nothing(btc, client, fake):
+    fake.inject("coarse", step=DAY, after=1)  # the second 90-day chunk comes back daily
+    with pytest.raises(CoinGeckoError, match=r"expected samples about 60 min apart, got 1440 min") as error:
+        run(btc, client, days=200)
+    assert "market_chart/range" in str(error.value)
+    assert "nothing from this chunk was stored" in str(error.value)
+    assert Candle.objects.filter(instrument=btc).count() == 90 * 24  # the first chunk only
+    interrupted = AuditEvent.objects.get(action="history.backfill_interrupted")
+    assert (interrupted.details["chunks_done"], interrupted.details["inserted"]) == (1, 90 * 24)
+    assert "1440 min" in interrupted.details["error"]
+
+    report = run(btc, client, days=200)  # the failed chunk is not counted complete: fetched again
+    assert report.resumed_from == report.start + timedelta(days=90)
+    assert report.inserted == 200 * 24 - 1 - 90 * 24
+    assert Candle.objects.filter(instrument=btc).count() == 200 * 24 - 1
+
+
+def test_a_last_day_chunk_answered_hourly_instead_of_five_minutely_fails(btc, client, fake):
+    fake.inject("coarse", step=HOUR)
+    with pytest.raises(
+        CoinGeckoError, match=r"expected samples about 5 min apart, got 60\.1 min \(median of 24 points\)"
+    ):
+        run(btc, client, days=1, timeframe=15)
+    assert not Candle.objects.filter(instrument=btc).exists()
+    assert expected_spacing(15) == timedelta(minutes=5)
+    assert expected_spacing(60) == expected_spacing(1440) == timedelta(hours=1)
+    assert run(btc, client, days=1, timeframe=15).inserted == 95  # the next, proper answer is taken
+
+
+def test_the_newest_bar_waits_for_its_closing_sample(btc, client, fake):
+    just_after = datetime(2026, 9, 25, 12, 1, 30, tzinfo=UTC)  # 12:00:xx sample may not be there yet
+    fake.set_now(just_after)
+    report = run(btc, client, days=2, now=just_after)
+    assert report.end == datetime(2026, 9, 25, 11, tzinfo=UTC)
+    assert bars(btc)[-1][0] == datetime(2026, 9, 25, 10, tzinfo=UTC)  # closed by the 11:00:xx sample
+    assert bars(btc)[-1][4] == close_price(datetime(2026, 9, 25, 10, tzinfo=UTC))
+    later = datetime(2026, 9, 25, 12, 2, tzinfo=UTC)
+    fake.set_now(later)
+    assert run(btc, client, days=2, now=later).inserted == 1  # 11:00-12:00, closed by 12:00:xx
+    assert bars(btc)[-1][4] == close_price(datetime(2026, 9, 25, 11, tzinfo=UTC))
 
 
 def test_kraken_bars_are_kept_and_do_not_hide_older_history(btc, client):
@@ -553,24 +700,32 @@ def test_pro_plan_sends_its_header_and_may_go_past_365_days(btc, fake, settings,
     assert {r.headers.get("x-cg-pro-api-key") for r in fake.calls()} == {"CG-pro-key"}
 
 
-# --- OHLC endpoint --------------------------------------------------------------------------------------
+# --- OHLC endpoint: not used in production (decision in trading.marketdata.coingecko) --------------------
 
 
-def test_ohlc_endpoint_close_time_convention(client, fake):
-    rows = client.ohlc("bitcoin", days=7)
+def test_backfill_never_calls_ohlc_and_its_production_code_is_gone(btc, client, fake):
+    report = run(btc, client, days=3)
+    assert report.complete
+    assert fake.calls("ohlc") == []
+    assert not hasattr(CoinGeckoClient, "ohlc")
+    for name in ("ohlc_to_candles", "ohlc_interval_minutes"):
+        assert not hasattr(coingecko_candles, name)
+    assert "/ohlc`` is NOT used" in coingecko.__doc__
+
+
+def test_fake_ohlc_endpoint_close_time_convention(fake):
+    """The fake still speaks /ohlc (rows ``[close_ms, o, h, l, c]``) in case the decision is revisited."""
+    answer = httpx.get(f"{fake.url}/coins/bitcoin/ohlc", params={"vs_currency": "usd", "days": 7})
+    rows = answer.json()
+    assert answer.status_code == 200
+    assert len(rows) == 42
     assert all(b[0] - a[0] == 4 * HOUR_MS for a, b in itertools.pairwise(rows))
-    candles = ohlc_to_candles(rows, now=NOW).rows
-    assert len(candles) == len(rows) == 42
-    first_close = datetime.fromtimestamp(rows[0][0] / 1000, tz=UTC)
-    assert candles[0].open_time == first_close - timedelta(hours=4)
-    assert candles[-1].open_time == datetime(2026, 9, 25, 8, tzinfo=UTC)  # closes at 12:00, before NOW
-    opened_ms = int(candles[0].open_time.timestamp() * 1000)
-    assert candles[0].open == Decimal(str(hourly_price(opened_ms)))
-    assert candles[0].close == Decimal(str(hourly_price(opened_ms + 3 * HOUR_MS)))
-
-    fake.inject("missing")
-    cut = client.ohlc("bitcoin", days=7)
-    assert ohlc_to_candles(cut, now=NOW, interval_minutes=240).dropped == {"malformed point": 42}
+    assert rows[-1][0] == int(datetime(2026, 9, 25, 12, tzinfo=UTC).timestamp() * 1000)  # last close ≤ NOW
+    opened_ms = rows[0][0] - 4 * HOUR_MS
+    assert rows[0][1] == hourly_price(opened_ms)
+    assert rows[0][4] == hourly_price(opened_ms + 3 * HOUR_MS)
+    thirty = httpx.get(f"{fake.url}/coins/bitcoin/ohlc", params={"vs_currency": "usd", "days": 1}).json()
+    assert {b[0] - a[0] for a, b in itertools.pairwise(thirty)} == {30 * 60_000}
 
 
 def test_default_coins_name_the_traded_pairs():

@@ -10,6 +10,25 @@ answers at its finest granularity (hourly up to 90 days; 5-minutely within the l
 answer into closed bars (:mod:`trading.marketdata.coingecko_candles`) and stores them chunk by chunk
 through :func:`trading.services.candles_upsert` (insert-only for CoinGecko: a Kraken bar is never
 replaced). See its docstring for the resume rule.
+
+A sample taken within ``CLOSE_GRACE`` (2 minutes) after a bar boundary is the CLOSE of the bar ending there
+(see :mod:`~trading.marketdata.coingecko_candles` for the bucketing rule), so a chunk of bars ``[a, b)`` is
+asked for as ``from=a+grace, to=b+grace`` (the same span, so the same granularity), and the newest bar
+stored is one that ended at least ``grace`` ago.
+
+Granularity check: CoinGecko picks the granularity itself. Each chunk's answer must have a median sample
+spacing of at most :data:`COARSE_FACTOR` times the spacing expected for that span (5 minutes for bars under
+an hour, which are fetched within the last day; an hour otherwise). A coarser answer (daily points where
+hourly ones were due) fails the chunk with a :class:`CoinGeckoError` naming both spacings, and nothing from
+it is stored, so a re-run fetches it again instead of counting it complete.
+
+``/coins/{id}/ohlc`` is NOT used, and its client and conversion code were removed (decision). Its one gain
+over sampled bars is a true high/low: 30-minute candles for the last 1-2 days, 4-hour ones up to 30 days,
+4-day ones beyond (too coarse for any timeframe here). Every window where it would help is covered better
+by Kraken's own public OHLC (``backfill_history --source kraken``: the latest 720 bars, 2.5 days even at 5
+minutes, 30 days hourly, 120 days at 4 hours, with real volume) and by the live feed, and Kraken bars
+replace CoinGecko ones on upsert. A second, overwriting CoinGecko path for data Kraken already serves was
+not worth its risk; the fake server still speaks ``/ohlc`` for tests.
 """
 
 from __future__ import annotations
@@ -32,7 +51,12 @@ from django.utils import timezone
 from governance.actors import SystemActor
 from governance.services import audit_record
 from trading.candles import check_timeframe, floor_time
-from trading.marketdata.coingecko_candles import VOLUME_NOTE, MalformedAnswer, market_chart_to_candles
+from trading.marketdata.coingecko_candles import (
+    VOLUME_NOTE,
+    MalformedAnswer,
+    close_grace,
+    market_chart_to_candles,
+)
 from trading.models import Candle, Instrument
 from trading.services import candles_upsert
 
@@ -43,6 +67,8 @@ KEY_HEADERS = {"demo": "x-cg-demo-api-key", "pro": "x-cg-pro-api-key"}
 DEMO_HISTORY_DAYS = 365  # the public and demo plans answer only the last 365 days
 HOURLY_SPAN = timedelta(days=90)  # a market_chart/range span up to 90 days comes back hourly
 FIVE_MINUTE_SPAN = timedelta(days=1)  # ... and up to 1 day within the last day, 5-minutely
+FIVE_MINUTES, ONE_HOUR = timedelta(minutes=5), timedelta(hours=1)  # the spacings those spans come at
+COARSE_FACTOR = 1.5  # an answer whose median spacing exceeds 1.5x the expected one is refused
 RESUME_GAP = timedelta(days=1)  # missing time that ends the stored run a re-run resumes after
 ACTOR = SystemActor("backfill_history")
 _COIN_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,99}$")
@@ -222,18 +248,6 @@ class CoinGeckoClient:
             )
         return answer
 
-    def ohlc(self, coin_id: str, *, days: int, vs_currency: str = "usd") -> list:
-        """``/coins/{id}/ohlc``: rows ``[close_time_ms, open, high, low, close]``."""
-        path = f"/coins/{_check_coin(coin_id)}/ohlc"
-        answer = self.get_json(path, {"vs_currency": vs_currency, "days": int(days)})
-        if not isinstance(answer, list):
-            raise CoinGeckoError(
-                f"CoinGecko GET {path}: HTTP 200 with a {type(answer).__name__}, not a list of OHLC rows",
-                endpoint=path,
-                status=200,
-            )
-        return answer
-
 
 def _check_coin(coin_id: str) -> str:
     if not _COIN_ID.match(coin_id):
@@ -303,6 +317,33 @@ def chunk_span(timeframe: int) -> timedelta:
     return max(bar, bar * (span // bar))
 
 
+def expected_spacing(timeframe: int) -> timedelta:
+    """The sample spacing a :func:`chunk_span` chunk comes back at: 5 minutes for bars under an hour
+    (fetched within the last day), an hour otherwise."""
+    return FIVE_MINUTES if timeframe < 60 else ONE_HOUR
+
+
+def _minutes(spacing: timedelta) -> str:
+    return f"{spacing / timedelta(minutes=1):.1f}".removesuffix(".0") + " min"
+
+
+def check_granularity(
+    spacing: timedelta | None, *, timeframe: int, points: int, path: str, start: datetime, end: datetime
+) -> None:
+    """Raise :class:`CoinGeckoError` when the median ``spacing`` of the answer for the bars ``[start, end)``
+    is more than :data:`COARSE_FACTOR` times the expected one. Under two points there is nothing to
+    measure."""
+    expected = expected_spacing(timeframe)
+    if spacing is not None and spacing > expected * COARSE_FACTOR:
+        raise CoinGeckoError(
+            f"CoinGecko GET {path} for {start:%Y-%m-%d %H:%M} → {end:%Y-%m-%d %H:%M}: answered too "
+            f"coarsely: expected samples about {_minutes(expected)} apart, got {_minutes(spacing)} (median "
+            f"of {points} points); nothing from this chunk was stored",
+            endpoint=path,
+            status=200,
+        )
+
+
 def plan_chunks(start: datetime, end: datetime, timeframe: int) -> list[tuple[datetime, datetime]]:
     """``[start, end)`` as consecutive bar-aligned ``(from, to)`` spans of at most :func:`chunk_span`."""
     step = chunk_span(timeframe)
@@ -357,8 +398,10 @@ def backfill_coingecko(
 ) -> BackfillReport:
     """Store ``days`` of CoinGecko history for ``instrument`` as closed ``timeframe``-minute bars.
 
-    The window is the closed bars between ``now - days`` (rounded up to a bar boundary) and ``now``; the
-    bar still forming is not stored (CoinGecko bars are insert-only, so it could never be completed).
+    The window is the closed bars between ``now - days`` (rounded up to a bar boundary) and ``now`` minus
+    the close grace (a bar's closing sample comes just after its end); the bar still forming, or still
+    waiting for its closing sample, is not stored (CoinGecko bars are insert-only, so it could never be
+    completed). A chunk answered more coarsely than asked fails (see the module docstring).
     Each chunk is stored in its own transaction, so an interruption keeps what was stored.
 
     Resumable: fetching starts after the newest closed bar, from any source, of the stored run that begins
@@ -390,7 +433,8 @@ def backfill_coingecko(
     if timezone.is_naive(now):
         raise ValueError("now must be time-zone aware")
     start = _ceil_time(now - timedelta(days=days), timeframe)
-    end = floor_time(now, timeframe)
+    grace = close_grace(timeframe)
+    end = floor_time(now - grace, timeframe)
     report = BackfillReport(
         coin_id=coin_id, symbol=instrument.symbol, timeframe=timeframe, start=start, end=end
     )
@@ -405,17 +449,22 @@ def backfill_coingecko(
     client = CoinGeckoClient() if own_client else client
     try:
         for chunk_start, chunk_end in chunks:
-            answer = client.market_chart_range(coin_id, start=chunk_start, end=chunk_end)
+            path = f"/coins/{coin_id}/market_chart/range"
+            answer = client.market_chart_range(coin_id, start=chunk_start + grace, end=chunk_end + grace)
             try:
                 conversion = market_chart_to_candles(
                     answer, timeframe=timeframe, now=now, start=chunk_start, end=chunk_end
                 )
             except MalformedAnswer as exc:
-                raise CoinGeckoError(
-                    f"CoinGecko GET /coins/{coin_id}/market_chart/range: {exc}",
-                    endpoint=f"/coins/{coin_id}/market_chart/range",
-                    status=200,
-                ) from exc
+                raise CoinGeckoError(f"CoinGecko GET {path}: {exc}", endpoint=path, status=200) from exc
+            check_granularity(
+                conversion.spacing,
+                timeframe=timeframe,
+                points=conversion.points + conversion.outside,
+                path=path,
+                start=chunk_start,
+                end=chunk_end,
+            )
             result = candles_upsert(
                 instrument=instrument,
                 timeframe=timeframe,

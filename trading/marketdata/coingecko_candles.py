@@ -1,14 +1,24 @@
-"""CoinGecko answers as candles. Plain Python, no Django.
+"""CoinGecko ``/market_chart/range`` answers as candles. Plain Python, no Django.
 
-Two shapes come in:
+The answer is ``{"prices": [[ms, price], ...], "market_caps": [...], "total_volumes": [...]}``. Prices are
+samples (5-minutely, hourly or daily by range, at un-aligned times such as 00:00:41.331), not bars: each is
+the price at its moment.
 
-- ``/coins/{id}/market_chart/range`` (and ``/market_chart``): ``{"prices": [[ms, price], ...],
-  "market_caps": [...], "total_volumes": [...]}``. Prices are samples (5-minutely, hourly or daily by range,
-  at un-aligned times such as 00:00:41.331), not bars. They are grouped into ``[open_time, open_time +
-  timeframe)`` buckets aligned like :func:`trading.candles.floor_time`: open = first sample, close = last,
-  high/low = max/min.
-- ``/coins/{id}/ohlc``: ``[[ms, open, high, low, close], ...]`` where the timestamp marks the candle's
-  CLOSE, so ``open_time = ts - interval``.
+Bucketing rule (which bar a sample belongs to). Bars are ``[open_time, open_time + timeframe)`` aligned like
+:func:`trading.candles.floor_time`. CoinGecko stamps its samples a little *after* the grid time (hourly ones
+seconds after the hour, e.g. 01:00:47.420; daily ones at 00:00:00), so a sample taken within
+:data:`CLOSE_GRACE` (2 minutes; half the bar for bars shorter than 4 minutes) after a bar boundary is the
+price *at* that boundary: it is the CLOSE of the bar that ends there, not the open of the bar that begins
+there. In integer milliseconds::
+
+    open_time(sample) = floor_time(sample - grace, timeframe)
+
+So a sample at 13:00:41 closes the 12:00-13:00 bar, and a daily bar closes with the next day's 00:00:xx
+sample. Within a bar, open = first sample, high/low = max/min, close = last. Hourly samples into hourly
+bars give one sample per bar, its close (open = high = low = close, like Kraken's close for that bar); 5-
+minute samples into 15-minute bars give the samples at about +5, +10 and +15 minutes. A bar is only
+*closed* once ``grace`` has passed after its end, since its closing sample may still come. A sample later
+than the grace after a boundary (CoinGecko late by more than 2 minutes) opens the next bar instead.
 
 Volume: CoinGecko has no per-bar volume. ``total_volumes`` is a rolling 24-hour USD turnover summed over
 every exchange CoinGecko tracks; neither a difference of two rolling sums nor a pro-rata share of it is the
@@ -17,25 +27,31 @@ volume traded in one bar, and its scale (all exchanges) is not Kraken's. So bars
 tells readers not to use the volume column.
 
 Bad points (null, NaN or infinity, zero or negative, non-numeric, malformed pairs) are dropped and counted
-by reason; repeated timestamps keep the last value and are counted; points are sorted by time.
+by reason; repeated timestamps keep the last value and are counted; points are sorted by time. The median
+spacing of the good points is reported (:attr:`Conversion.spacing`) so the caller can refuse an answer
+coarser than it asked for.
+
+CoinGecko's ``/ohlc`` endpoint is deliberately not used (see :mod:`trading.marketdata.coingecko`).
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from itertools import pairwise
 
-from trading.candles import BadCandle, CandleRow, check_timeframe, floor_time, make_row
+from trading.candles import CandleRow, check_timeframe, make_row
 
 VOLUME_NOTE = (
     "0 = unknown: CoinGecko's total_volumes is a rolling 24h all-exchange USD turnover, not a per-bar volume"
 )
 ZERO = Decimal(0)
+CLOSE_GRACE = timedelta(minutes=2)  # a sample this soon after a bar boundary is that bar's close
 
 # Reasons a point is dropped (keys of ``Conversion.dropped``).
 NULL = "null"
@@ -43,8 +59,6 @@ NOT_FINITE = "not finite"
 NOT_POSITIVE = "not positive"
 NOT_A_NUMBER = "not a number"
 MALFORMED = "malformed point"
-INCONSISTENT = "inconsistent ohlc"
-UNALIGNED = "unaligned close time"
 
 
 class MalformedAnswer(ValueError):
@@ -59,11 +73,31 @@ class Conversion:
     points: int  # points used
     dropped: dict[str, int] = field(default_factory=dict)  # reason → count
     duplicates: int = 0  # repeated timestamps (the last value was kept)
-    outside: int = 0  # good points outside the requested window
+    outside: int = 0  # good points whose bar is outside the requested window
+    spacing: timedelta | None = None  # median time between the answer's good points; None under two
 
     @property
     def closed_rows(self) -> tuple[CandleRow, ...]:
         return tuple(row for row in self.rows if row.closed)
+
+
+def close_grace(timeframe: int) -> timedelta:
+    """How long after a bar's end a sample still counts as its close: :data:`CLOSE_GRACE`, or half the bar
+    when that is shorter (so a sample can never skip a bar)."""
+    return min(CLOSE_GRACE, timedelta(minutes=timeframe) / 2)
+
+
+def bar_open_ms(ms: int, timeframe: int) -> int:
+    """The open time (ms) of the ``timeframe`` bar a sample taken at ``ms`` belongs to (module docstring)."""
+    moved = ms - int(close_grace(timeframe) / timedelta(milliseconds=1))
+    return moved - moved % (timeframe * 60_000)
+
+
+def median_spacing(times_ms: list[int]) -> timedelta | None:
+    """The median gap between consecutive sorted sample times; ``None`` with fewer than two."""
+    if len(times_ms) < 2:
+        return None
+    return timedelta(milliseconds=statistics.median(b - a for a, b in pairwise(times_ms)))
 
 
 def _ms_to_datetime(ms: int) -> datetime:
@@ -131,10 +165,13 @@ def market_chart_to_candles(
     start: datetime | None = None,
     end: datetime | None = None,
 ) -> Conversion:
-    """Candles of ``timeframe`` minutes from a ``market_chart`` / ``market_chart/range`` answer.
+    """Candles of ``timeframe`` minutes from a ``market_chart`` / ``market_chart/range`` answer, bucketed
+    by the module's rule (a sample just after a boundary closes the bar ending there).
 
-    Only points in ``[start, end)`` are used (so adjacent chunks never build the same bucket twice). A
-    bucket that has not ended at ``now`` is marked ``closed=False``. Only ``prices`` is required."""
+    Only bars opening in ``[start, end)`` are built (so adjacent bar-aligned chunks never build the same bar
+    twice; a chunk's last bar takes its closing sample from just after ``end``). A bar is marked
+    ``closed=False`` until its end plus :func:`close_grace` has passed at ``now``. Only ``prices`` is
+    required."""
     check_timeframe(timeframe)
     if not isinstance(answer, Mapping):
         raise MalformedAnswer(f"the answer is {type(answer).__name__}, not an object with 'prices'")
@@ -142,26 +179,27 @@ def market_chart_to_candles(
         raise MalformedAnswer(f"the answer has no 'prices' (keys: {', '.join(sorted(answer)) or 'none'})")
     points, dropped, duplicates = clean_series(answer["prices"])
     low_ms, high_ms = _window_ms(start), _window_ms(end)
-    buckets: dict[datetime, list[Decimal]] = {}
+    buckets: dict[int, list[Decimal]] = {}
     outside = 0
     for ms, price in points:
-        if (low_ms is not None and ms < low_ms) or (high_ms is not None and ms >= high_ms):
+        open_ms = bar_open_ms(ms, timeframe)
+        if (low_ms is not None and open_ms < low_ms) or (high_ms is not None and open_ms >= high_ms):
             outside += 1
             continue
-        buckets.setdefault(floor_time(_ms_to_datetime(ms), timeframe), []).append(price)
-    length = timedelta(minutes=timeframe)
+        buckets.setdefault(open_ms, []).append(price)
+    settled = timedelta(minutes=timeframe) + close_grace(timeframe)
     rows = tuple(
         make_row(
-            open_time=open_time,
+            open_time=_ms_to_datetime(open_ms),
             open=prices[0],
             high=max(prices),
             low=min(prices),
             close=prices[-1],
             volume=ZERO,
-            closed=open_time + length <= now,
+            closed=_ms_to_datetime(open_ms) + settled <= now,
             minutes=timeframe,
         )
-        for open_time, prices in sorted(buckets.items())
+        for open_ms, prices in sorted(buckets.items())
     )
     return Conversion(
         rows=rows,
@@ -169,87 +207,5 @@ def market_chart_to_candles(
         dropped=dict(dropped),
         duplicates=duplicates,
         outside=outside,
+        spacing=median_spacing([ms for ms, _ in points]),
     )
-
-
-# /ohlc bar length by the ``days`` asked (CoinGecko's automatic granularity, free and demo plans).
-def ohlc_interval_minutes(days: int) -> int:
-    """The bar length ``/ohlc`` returns for ``days``: 1-2 days → 30 minutes, 3-30 → 4 hours, 31+ → 4 days."""
-    if days < 1:
-        raise ValueError("days must be at least 1")
-    if days <= 2:
-        return 30
-    if days <= 30:
-        return 240
-    return 4 * 1440
-
-
-def _infer_interval_ms(close_times: Iterable[int]) -> int:
-    ordered = sorted(set(close_times))
-    steps = Counter(later - earlier for earlier, later in pairwise(ordered))
-    if not steps:
-        raise MalformedAnswer(
-            "cannot tell the bar length from fewer than two OHLC rows: pass interval_minutes"
-        )
-    return steps.most_common(1)[0][0]
-
-
-def ohlc_to_candles(answer, *, now: datetime, interval_minutes: int | None = None) -> Conversion:
-    """Candles from an ``/ohlc`` answer. Each row's timestamp is the candle's CLOSE time, so the candle
-    opens ``interval`` earlier; a candle whose close time is after ``now`` is marked ``closed=False``.
-
-    ``interval_minutes`` defaults to the most common spacing of the rows (see :func:`ohlc_interval_minutes`
-    for what CoinGecko serves). Rows with a bad value, or whose high/low do not bracket open/close, are
-    dropped and counted, and so are rows whose close time is off the bar grid (a live, un-aligned sample)."""
-    if not isinstance(answer, list):
-        raise MalformedAnswer(f"the OHLC answer is {type(answer).__name__}, not a list of rows")
-    dropped: Counter = Counter()
-    by_ms: dict[int, tuple[Decimal, ...]] = {}
-    duplicates = 0
-    for row in answer:
-        if not isinstance(row, list | tuple) or len(row) != 5 or _timestamp(row[0]) is None:
-            dropped[MALFORMED] += 1
-            continue
-        values, reason = [], None
-        for value in row[1:]:
-            number, reason = _price(value)
-            if reason:
-                break
-            values.append(number)
-        if reason:
-            dropped[reason] += 1
-            continue
-        ms = _timestamp(row[0])
-        if ms in by_ms:
-            duplicates += 1
-        by_ms[ms] = tuple(values)
-    if interval_minutes is None:
-        interval_ms = _infer_interval_ms(by_ms)
-        if interval_ms % 60_000:
-            raise MalformedAnswer(f"OHLC rows are {interval_ms} ms apart, not a whole number of minutes")
-        interval_minutes = interval_ms // 60_000
-    length = timedelta(minutes=interval_minutes)
-    # Bars of a Kraken timeframe must align to it; CoinGecko's multi-day bars align to UTC days.
-    align = interval_minutes if 1440 % interval_minutes == 0 else 1440
-    rows = []
-    for ms, (open_, high, low, close) in sorted(by_ms.items()):
-        closes_at = _ms_to_datetime(ms)
-        if floor_time(closes_at - length, align) != closes_at - length:
-            dropped[UNALIGNED] += 1
-            continue
-        try:
-            rows.append(
-                make_row(
-                    open_time=closes_at - length,
-                    open=open_,
-                    high=high,
-                    low=low,
-                    close=close,
-                    volume=ZERO,
-                    closed=closes_at <= now,
-                    minutes=align,
-                )
-            )
-        except BadCandle:
-            dropped[INCONSISTENT] += 1
-    return Conversion(rows=tuple(rows), points=len(rows), dropped=dict(dropped), duplicates=duplicates)
