@@ -356,7 +356,10 @@ class FakeCoinGecko:
         oldest = now - days * DAY
         while close >= oldest:
             opened = close - interval
-            values = [series.price(t * 1000) for t in range(opened, close, step)]
+            # A candle stamped T covers [T - interval, T]: it opens at the price at its open and closes at
+            # the price at T (CoinGecko's timestamp marks the close).
+            # "The price at t" is, as for market_chart, the sample CoinGecko takes just after t.
+            values = [series.price(t * 1000 + sample_offset_ms(t)) for t in range(opened, close + 1, step)]
             rows.append([close * 1000, values[0], max(values), min(values), values[-1]])
             close -= interval
         return rows[::-1]

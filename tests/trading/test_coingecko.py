@@ -12,11 +12,11 @@ from pathlib import Path
 import httpx
 import pytest
 from django.core.exceptions import ImproperlyConfigured
+from django.db.models import F
 
 from governance.models import AuditEvent
 from tests.fakes.coingecko import DAY, HOUR, fake_coingecko, sample_offset_ms  # noqa: F401
 from trading.candles import CandleRow
-from trading.marketdata import coingecko, coingecko_candles
 from trading.marketdata.coingecko import (
     DEFAULT_COINS,
     CoinGeckoClient,
@@ -373,13 +373,21 @@ def test_year_of_hourly_bars_from_a_known_series(btc, client, fake):
     start, end = datetime(2025, 9, 25, 13, tzinfo=UTC), datetime(2026, 9, 25, 12, tzinfo=UTC)
     assert (report.start, report.end, report.complete) == (start, end, True)
     assert report.inserted == Candle.objects.filter(instrument=btc, timeframe=60).count() == 365 * 24 - 1
+    stored = bars(btc)
     assert progress == [(n, 5) for n in range(1, 6)]
     stored = bars(btc)
     assert stored[0][0] == start
     assert stored[-1][0] == end - timedelta(hours=1)
-    for open_time, o, h, low, c in stored[:: 24 * 30] + stored[-1:]:
+    refined_from = datetime(2026, 9, 23, 13, tzinfo=UTC)  # the first whole bar /ohlc?days=2 covers
+    for open_time, o, h, low, c in stored[:: 24 * 30]:
         # one sample per bar, taken just after the bar ENDS: its close, as Kraken's close for that bar
+        assert open_time < refined_from
         assert o == h == low == c == close_price(open_time), open_time
+    # The last two days come from /ohlc's 30-minute candles: a true open (the previous close) and range.
+    assert report.refined == 47
+    for open_time, o, h, low, c in [row for row in stored if row[0] >= refined_from]:
+        assert (o, c) == (close_price(open_time - timedelta(hours=1)), close_price(open_time)), open_time
+        assert (h, low) == (max(o, c), min(o, c)), open_time
     assert set(Candle.objects.values_list("source", "closed", "volume", "trades")) == {
         ("coingecko", True, Decimal(0), None)
     }
@@ -408,12 +416,16 @@ def test_year_of_hourly_bars_from_a_known_series(btc, client, fake):
 
 
 def test_daily_bars_aggregate_hourly_samples(btc, client):
-    run(btc, client, days=30, timeframe=1440)
+    run(btc, client, days=40, timeframe=1440)
     stored = bars(btc, 1440)
-    assert len(stored) == 29  # 2026-08-27 … 2026-09-24; today's bar is still forming
+    assert len(stored) == 39  # 2026-08-17 … 2026-09-24; today's bar is still forming
     # Each day's samples visit 1000 + 10*(h*7 mod 24). A day's bar holds its samples h=1 … 23 and the next
     # day's h=0 one (00:00:xx, its close): open h=1 → 1070, high h=17 → 1230, low = close = h=0 → 1000.
-    assert {row[1:] for row in stored} == {(Decimal(1070), Decimal(1230), Decimal(1000), Decimal(1000))}
+    older = [row for row in stored if row[0] < datetime(2026, 8, 27, tzinfo=UTC)]
+    assert {row[1:] for row in older} == {(Decimal(1070), Decimal(1230), Decimal(1000), Decimal(1000))}
+    # The last 30 days come from /ohlc's 4-hour candles, which also hold the day's own h=0 price: open 1000.
+    recent = [row for row in stored if row[0] >= datetime(2026, 8, 27, tzinfo=UTC)]
+    assert {row[1:] for row in recent} == {(Decimal(1000), Decimal(1230), Decimal(1000), Decimal(1000))}
     # the last day's bar closes with the 09-25 00:00:xx sample, not the 09-24 23:00:xx one
     last_day = datetime(2026, 9, 24, tzinfo=UTC)
     assert stored[-1][0] == last_day
@@ -436,11 +448,11 @@ def test_fifteen_minute_bars_from_the_last_day_of_five_minute_samples(btc, clien
 def test_rerun_adds_nothing_and_a_later_run_adds_only_new_bars(btc, client, fake):
     first = run(btc, client, days=200)
     assert first.inserted == 200 * 24 - 1
-    calls = len(fake.calls())
+    calls = len(fake.calls("market_chart_range"))
 
     again = run(btc, client, days=200)
-    assert (again.inserted, again.chunks, again.resumed_from) == (0, 0, first.end)
-    assert len(fake.calls()) == calls
+    assert (again.inserted, again.chunks, again.resumed_from, again.refined) == (0, 0, first.end, 0)
+    assert len(fake.calls("market_chart_range")) == calls
     assert Candle.objects.filter(instrument=btc).count() == first.inserted
 
     tomorrow = NOW + timedelta(days=1)
@@ -448,7 +460,7 @@ def test_rerun_adds_nothing_and_a_later_run_adds_only_new_bars(btc, client, fake
     later = run(btc, client, days=200, now=tomorrow)
     assert later.inserted == 24
     assert later.chunks == 1
-    assert int(fake.calls()[-1].params["from"]) == int(first.end.timestamp()) + GRACE_S
+    assert int(fake.calls("market_chart_range")[-1].params["from"]) == int(first.end.timestamp()) + GRACE_S
     assert AuditEvent.objects.filter(action="history.backfilled").count() == 3
 
 
@@ -477,7 +489,7 @@ def test_rate_limit_honours_retry_after_then_succeeds(btc, client, fake, sleeps)
     fake.rate_limit(times=2, retry_after=7)
     report = run(btc, client, days=10)
     assert sleeps == [7.0, 7.0]
-    assert [r.status for r in fake.calls()] == [429, 429, 200]
+    assert [r.status for r in fake.calls()] == [429, 429, 200, 200]  # market_chart, then /ohlc
     assert report.complete
     assert report.inserted == 10 * 24 - 1
 
@@ -548,14 +560,15 @@ def test_bad_values_are_dropped_and_counted(btc, client, fake):
 
 def test_duplicated_and_out_of_order_points_give_the_same_bars(universe, client, fake):
     fake.series("bitcoin", price=hourly_price, duplicate_every=3, shuffle=True)
-    messy = run(universe["BTC/USD"], client, days=10, timeframe=240)
-    clean = run(universe["ETH/USD"], client, days=10, timeframe=240, coin="ethereum")
+    messy = run(universe["BTC/USD"], client, days=40, timeframe=240)
+    clean = run(universe["ETH/USD"], client, days=40, timeframe=240, coin="ethereum")
     assert messy.duplicates > 0
     assert clean.duplicates == 0
     assert bars(universe["BTC/USD"], 240) == bars(universe["ETH/USD"], 240)
-    # 4-hour bar from 00:00: samples h=1..4 → 1070, 1140, 1210, 1040 (h*7 mod 24); 04:00:xx closes it.
+    # A 4-hour bar older than /ohlc's 30 days, built from samples: h=1..4 → 1070, 1140, 1210, 1040
+    # (h*7 mod 24); 04:00:xx closes it.
     bar = Candle.objects.get(
-        instrument=universe["BTC/USD"], timeframe=240, open_time=datetime(2026, 9, 20, tzinfo=UTC)
+        instrument=universe["BTC/USD"], timeframe=240, open_time=datetime(2026, 8, 20, tzinfo=UTC)
     )
     assert (bar.open, bar.high, bar.low, bar.close) == (
         Decimal(1070),
@@ -703,18 +716,55 @@ def test_pro_plan_sends_its_header_and_may_go_past_365_days(btc, fake, settings,
 # --- OHLC endpoint: not used in production (decision in trading.marketdata.coingecko) --------------------
 
 
-def test_backfill_never_calls_ohlc_and_its_production_code_is_gone(btc, client, fake):
+def test_ohlc_refines_recent_coingecko_bars_but_never_kraken_ones(btc, client, fake):
+    kraken_bar = datetime(2026, 9, 25, 5, tzinfo=UTC)
+    candles_upsert(
+        instrument=btc,
+        timeframe=60,
+        rows=[CandleRow(kraken_bar, Decimal(5), Decimal(6), Decimal(4), Decimal(5), Decimal(3))],
+        source=Candle.Source.KRAKEN_REST,
+    )
     report = run(btc, client, days=3)
-    assert report.complete
-    assert fake.calls("ohlc") == []
-    assert not hasattr(CoinGeckoClient, "ohlc")
-    for name in ("ohlc_to_candles", "ohlc_interval_minutes"):
-        assert not hasattr(coingecko_candles, name)
-    assert "/ohlc`` is NOT used" in coingecko.__doc__
+    request = fake.calls("ohlc")[0]
+    assert request.params == {"vs_currency": "usd", "days": "2"}  # CoinGecko: 1-2 days → 30-minute candles
+    assert report.refined == 46  # 47 bars in the two days, less the Kraken one
+    kept = Candle.objects.get(instrument=btc, timeframe=60, open_time=kraken_bar)
+    assert (kept.source, kept.close) == ("kraken_rest", Decimal(5))
+    refined = Candle.objects.get(
+        instrument=btc, timeframe=60, open_time=datetime(2026, 9, 25, 10, tzinfo=UTC)
+    )
+    # Open at the previous close (10:00:xx), close at 11:00:xx, a true range over both.
+    assert (refined.open, refined.close) == (
+        close_price(refined.open_time - timedelta(hours=1)),
+        close_price(refined.open_time),
+    )
+    assert refined.high == max(refined.open, refined.close)
+    assert refined.low == min(refined.open, refined.close)
+    untouched = Candle.objects.get(
+        instrument=btc, timeframe=60, open_time=datetime(2026, 9, 23, 10, tzinfo=UTC)
+    )
+    assert untouched.open == untouched.close == close_price(untouched.open_time)  # older than /ohlc's 2 days
+    assert run(btc, client, days=3).refined == 0  # nothing refined twice
+    assert (
+        AuditEvent.objects.filter(action="history.backfilled").latest("seq").details["refined_from_ohlc"] == 0
+    )
+
+
+def test_an_ohlc_answer_coarser_than_documented_fails_loudly(btc, client, fake):
+    real = fake._ohlc
+
+    def four_hourly(series, params):  # CoinGecko answering days=2 with 4-hour candles
+        return real(series, {**params, "days": "7"})
+
+    fake._ohlc = four_hourly
+    with pytest.raises(CoinGeckoError, match="expected 30-minute candles, got 240 min apart"):
+        run(btc, client, days=3)
+    assert not Candle.objects.filter(instrument=btc).exclude(open=F("close")).exists()  # nothing refined
 
 
 def test_fake_ohlc_endpoint_close_time_convention(fake):
-    """The fake still speaks /ohlc (rows ``[close_ms, o, h, l, c]``) in case the decision is revisited."""
+    """The fake's /ohlc rows are ``[close_ms, o, h, l, c]``: a candle stamped T covers [T - interval, T],
+    opening at the price at its open and closing at the price at T (samples just after those times)."""
     answer = httpx.get(f"{fake.url}/coins/bitcoin/ohlc", params={"vs_currency": "usd", "days": 7})
     rows = answer.json()
     assert answer.status_code == 200
@@ -723,7 +773,7 @@ def test_fake_ohlc_endpoint_close_time_convention(fake):
     assert rows[-1][0] == int(datetime(2026, 9, 25, 12, tzinfo=UTC).timestamp() * 1000)  # last close ≤ NOW
     opened_ms = rows[0][0] - 4 * HOUR_MS
     assert rows[0][1] == hourly_price(opened_ms)
-    assert rows[0][4] == hourly_price(opened_ms + 3 * HOUR_MS)
+    assert rows[0][4] == hourly_price(rows[0][0])
     thirty = httpx.get(f"{fake.url}/coins/bitcoin/ohlc", params={"vs_currency": "usd", "days": 1}).json()
     assert {b[0] - a[0] for a, b in itertools.pairwise(thirty)} == {30 * 60_000}
 

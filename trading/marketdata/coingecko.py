@@ -22,13 +22,13 @@ an hour, which are fetched within the last day; an hour otherwise). A coarser an
 hourly ones were due) fails the chunk with a :class:`CoinGeckoError` naming both spacings, and nothing from
 it is stored, so a re-run fetches it again instead of counting it complete.
 
-``/coins/{id}/ohlc`` is NOT used, and its client and conversion code were removed (decision). Its one gain
-over sampled bars is a true high/low: 30-minute candles for the last 1-2 days, 4-hour ones up to 30 days,
-4-day ones beyond (too coarse for any timeframe here). Every window where it would help is covered better
-by Kraken's own public OHLC (``backfill_history --source kraken``: the latest 720 bars, 2.5 days even at 5
-minutes, 30 days hourly, 120 days at 4 hours, with real volume) and by the live feed, and Kraken bars
-replace CoinGecko ones on upsert. A second, overwriting CoinGecko path for data Kraken already serves was
-not worth its risk; the fake server still speaks ``/ohlc`` for tests.
+``/coins/{id}/ohlc`` then refines the most recent bars: market_chart gives samples (an hourly bar built
+from one sample has open = high = low = close), while /ohlc gives candles with a true high and low —
+30-minute ones for days 1-2, 4-hour ones for days 3-30 (CoinGecko's documented granularity). For a
+timeframe that is a multiple of 4 hours the last 30 days are refined from 4-hour candles; for another
+multiple of 30 minutes, the last 2 days from 30-minute candles. A refined bar replaces a sample-built
+CoinGecko bar of the same time (deleted and re-inserted in one transaction) but never a bar from any other
+source; re-running refines nothing twice (an identical bar is left alone).
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ from trading.marketdata.coingecko_candles import (
     MalformedAnswer,
     close_grace,
     market_chart_to_candles,
+    ohlc_to_bars,
 )
 from trading.models import Candle, Instrument
 from trading.services import candles_upsert
@@ -231,6 +232,16 @@ class CoinGeckoClient:
             waited += delay
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def ohlc(self, coin_id: str, *, days: int, vs_currency: str = "usd") -> list:
+        """``/coins/{id}/ohlc``: candles ``[close_ms, open, high, low, close]`` over the last ``days``."""
+        path = f"/coins/{_check_coin(coin_id)}/ohlc"
+        answer = self.get_json(path, {"vs_currency": vs_currency, "days": days})
+        if not isinstance(answer, list):
+            raise CoinGeckoError(
+                f"CoinGecko GET {path}: HTTP 200 without a list of candles", endpoint=path, status=200
+            )
+        return answer
+
     def market_chart_range(
         self, coin_id: str, *, start: datetime, end: datetime, vs_currency: str = "usd"
     ) -> dict:
@@ -273,6 +284,7 @@ class BackfillReport:
     points: int = 0
     dropped: Counter = field(default_factory=Counter)  # reason → points dropped
     duplicates: int = 0
+    refined: int = 0  # bars rebuilt from /ohlc candles (a true high and low)
     error: str = ""
 
     @property
@@ -286,7 +298,8 @@ class BackfillReport:
             f"backfill {self.symbol} from CoinGecko {self.coin_id} {self.timeframe}m "
             f"{self.start:%Y-%m-%d %H:%M} → {self.end:%Y-%m-%d %H:%M}: {self.inserted} inserted, "
             f"{self.kept} kept, {dropped} points dropped{f' ({reasons})' if reasons else ''}, "
-            f"{self.chunks_done}/{self.chunks} chunks" + (f"; stopped: {self.error}" if self.error else "")
+            f"{self.chunks_done}/{self.chunks} chunks, {self.refined} bars refined from /ohlc"
+            + (f"; stopped: {self.error}" if self.error else "")
         )
 
     def details(self) -> dict:
@@ -304,6 +317,7 @@ class BackfillReport:
             "points": self.points,
             "dropped": dict(sorted(self.dropped.items())),
             "duplicates": self.duplicates,
+            "refined_from_ohlc": self.refined,
             "volume": VOLUME_NOTE,
             **({"error": self.error} if self.error else {}),
         }
@@ -379,6 +393,66 @@ def stored_run_end(
             break
         newest, expected = moment, moment + bar
     return newest
+
+
+def ohlc_plan(timeframe: int) -> tuple[int, int] | None:
+    """(days, candle minutes) of the /ohlc request that refines ``timeframe`` bars, or None."""
+    if timeframe % 240 == 0:
+        return 30, 240
+    if timeframe % 30 == 0:
+        return 2, 30
+    return None
+
+
+def _refine_with_ohlc(client, report: BackfillReport, *, instrument: Instrument, coin_id: str, now) -> None:
+    plan = ohlc_plan(report.timeframe)
+    if plan is None:
+        return
+    days, piece = plan
+    path = f"/coins/{coin_id}/ohlc"
+    try:
+        bars = ohlc_to_bars(
+            client.ohlc(coin_id, days=days), piece_minutes=piece, timeframe=report.timeframe, now=now
+        )
+    except MalformedAnswer as exc:
+        raise CoinGeckoError(f"CoinGecko GET {path}: {exc}", endpoint=path, status=200) from exc
+    if bars.spacing is not None and bars.spacing > timedelta(minutes=piece) * COARSE_FACTOR:
+        raise CoinGeckoError(
+            f"CoinGecko GET {path}?days={days}: expected {piece}-minute candles, got "
+            f"{_minutes(bars.spacing)} apart; no bar was refined",
+            endpoint=path,
+            status=200,
+        )
+    report.dropped.update(bars.dropped)
+    wanted = [row for row in bars.rows if report.start <= row.open_time < report.end]
+    if not wanted:
+        return
+    with transaction.atomic():
+        stored = {
+            candle.open_time: candle
+            for candle in Candle.objects.select_for_update().filter(
+                instrument=instrument,
+                timeframe=report.timeframe,
+                open_time__in=[row.open_time for row in wanted],
+            )
+        }
+        fresh = []
+        for row in wanted:
+            candle = stored.get(row.open_time)
+            if candle is None:
+                fresh.append(row)
+            elif candle.source == Candle.Source.COINGECKO and (
+                (candle.open, candle.high, candle.low, candle.close)
+                != (row.open, row.high, row.low, row.close)
+            ):
+                candle.delete()  # a sample-built CoinGecko bar: replaced by the true candle below
+                fresh.append(row)
+        result = candles_upsert(
+            instrument=instrument, timeframe=report.timeframe, rows=fresh, source=Candle.Source.COINGECKO
+        )
+    replaced = sum(1 for row in fresh if row.open_time in stored)
+    report.refined += replaced
+    report.inserted += result.inserted - replaced
 
 
 def _audit(report: BackfillReport, action: str) -> None:
@@ -479,6 +553,7 @@ def backfill_coingecko(
             report.chunks_done += 1
             if progress is not None:
                 progress(report.chunks_done, report.chunks)
+        _refine_with_ohlc(client, report, instrument=instrument, coin_id=coin_id, now=now)
     except BaseException as exc:
         report.error = f"{type(exc).__name__}: {exc}"
         try:

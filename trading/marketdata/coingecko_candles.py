@@ -31,7 +31,10 @@ by reason; repeated timestamps keep the last value and are counted; points are s
 spacing of the good points is reported (:attr:`Conversion.spacing`) so the caller can refuse an answer
 coarser than it asked for.
 
-CoinGecko's ``/ohlc`` endpoint is deliberately not used (see :mod:`trading.marketdata.coingecko`).
+``/coins/{id}/ohlc`` answers (:func:`ohlc_to_bars`) are candles with a true high and low: rows
+``[close_ms, open, high, low, close]`` whose timestamp marks the candle's CLOSE (30-minute candles for
+``days`` 1-2, 4-hour ones for 3-30). They are grouped into bars of the timeframe; a bar is built only when
+every candle it spans is present and it has ended.
 """
 
 from __future__ import annotations
@@ -209,3 +212,76 @@ def market_chart_to_candles(
         outside=outside,
         spacing=median_spacing([ms for ms, _ in points]),
     )
+
+
+@dataclass(frozen=True)
+class OhlcBars:
+    """Bars built from an ``/ohlc`` answer, oldest first, and what was left out."""
+
+    rows: tuple[CandleRow, ...]
+    candles: int  # candles used
+    dropped: dict[str, int] = field(default_factory=dict)
+    incomplete: int = 0  # bars left out because a candle they span is missing or they have not ended
+    spacing: timedelta | None = None  # median time between candle closes
+
+
+OFF_GRID = "off the candle grid"
+
+
+def ohlc_to_bars(answer, *, piece_minutes: int, timeframe: int, now: datetime) -> OhlcBars:
+    """``/ohlc`` rows of ``piece_minutes`` candles → ``timeframe`` bars (a multiple of the piece). A close
+    stamp may sit up to :data:`CLOSE_GRACE` past the piece grid; farther off it is dropped."""
+    check_timeframe(timeframe)
+    if timeframe % piece_minutes:
+        raise ValueError(f"{timeframe}-minute bars cannot be built from {piece_minutes}-minute candles")
+    if not isinstance(answer, list):
+        raise MalformedAnswer("an /ohlc answer must be a list of [close_ms, open, high, low, close] rows")
+    piece_ms = piece_minutes * 60_000
+    grace_ms = int(CLOSE_GRACE / timedelta(milliseconds=1))
+    dropped: Counter = Counter()
+    pieces: dict[int, tuple[Decimal, Decimal, Decimal, Decimal]] = {}
+    for row in answer:
+        if not isinstance(row, list | tuple) or len(row) != 5:
+            dropped[MALFORMED] += 1
+            continue
+        close_ms = _timestamp(row[0])
+        if close_ms is None:
+            dropped[MALFORMED] += 1
+            continue
+        values, reasons = zip(*(_price(value) for value in row[1:]), strict=True)
+        if any(reasons):
+            dropped[next(reason for reason in reasons if reason)] += 1
+            continue
+        grid = close_ms - close_ms % piece_ms
+        if close_ms - grid > grace_ms:
+            dropped[OFF_GRID] += 1
+            continue
+        pieces[grid - piece_ms] = values  # keyed by the candle's open; a repeat keeps the last
+    opens = sorted(pieces)
+    spacing = median_spacing(opens)
+    per_bar = timeframe // piece_minutes
+    groups: dict[int, list[int]] = {}
+    for open_ms in opens:
+        groups.setdefault(open_ms - open_ms % (timeframe * 60_000), []).append(open_ms)
+    now_ms = int(now.timestamp() * 1000)
+    rows, incomplete = [], 0
+    for bar_ms, members in sorted(groups.items()):
+        if len(members) != per_bar or bar_ms + timeframe * 60_000 > now_ms:
+            incomplete += 1
+            continue
+        first, last = pieces[members[0]], pieces[members[-1]]
+        try:
+            rows.append(
+                make_row(
+                    open_time=_ms_to_datetime(bar_ms),
+                    open=first[0],
+                    high=max(pieces[m][1] for m in members),
+                    low=min(pieces[m][2] for m in members),
+                    close=last[3],
+                    volume=ZERO,
+                    minutes=timeframe,
+                )
+            )
+        except ValueError:  # inconsistent OHLC in the answer
+            dropped[MALFORMED] += 1
+    return OhlcBars(tuple(rows), len(pieces), dict(dropped), incomplete, spacing)
