@@ -139,3 +139,16 @@ def test_command_reports_faults_clearly(universe, kraken, monkeypatch):
     # Two days of whole hours: from the hour two days ago up to the hour before the forming one.
     assert Candle.objects.filter(closed=True).count() == 48
     assert Candle.objects.filter(closed=False).get().open_time == current_hour
+
+
+def test_jittered_backoff_bounds():
+    from trading.marketdata.backoff import jittered_backoff
+
+    assert jittered_backoff(0, base=1, cap=30, rng=lambda: 1.0) == 1
+    assert jittered_backoff(3, base=1, cap=30, rng=lambda: 1.0) == 8
+    assert jittered_backoff(10, base=1, cap=30, rng=lambda: 1.0) == 30  # capped
+    assert jittered_backoff(3, base=1, cap=30, rng=lambda: 0.0) == 0  # full jitter may not wait at all
+    assert jittered_backoff(3, base=1, cap=30, floor=0.5, rng=lambda: 0.0) == 4  # equal jitter: half at least
+    assert jittered_backoff(10_000, base=1, cap=60, rng=lambda: 0.5) == 30  # huge attempts do not overflow
+    with pytest.raises(ValueError, match="floor"):
+        jittered_backoff(1, base=1, cap=2, floor=2)

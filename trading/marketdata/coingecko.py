@@ -51,6 +51,7 @@ from django.utils import timezone
 from governance.actors import SystemActor
 from governance.services import audit_record
 from trading.candles import check_timeframe, floor_time
+from trading.marketdata.backoff import jittered_backoff
 from trading.marketdata.coingecko_candles import (
     VOLUME_NOTE,
     MalformedAnswer,
@@ -59,6 +60,7 @@ from trading.marketdata.coingecko_candles import (
     ohlc_to_bars,
 )
 from trading.models import Candle, Instrument
+from trading.selectors import stored_run_end
 from trading.services import candles_upsert
 
 # CoinGecko coin id → Aether symbol, for the backfill command.
@@ -177,8 +179,9 @@ class CoinGeckoClient:
         self.close()
 
     def _backoff(self, attempt: int) -> float:
-        ceiling = min(self.retry.max_delay, self.retry.base_delay * 2 ** (attempt - 1))
-        return ceiling * (0.5 + self._rng.random() / 2)
+        return jittered_backoff(
+            attempt - 1, base=self.retry.base_delay, cap=self.retry.max_delay, floor=0.5, rng=self._rng.random
+        )
 
     def get_json(self, path: str, params: dict):
         """GET ``path`` and decode its JSON, waiting out rate limits and retrying transient failures."""
@@ -373,28 +376,6 @@ def _ceil_time(moment: datetime, minutes: int) -> datetime:
     return floor if floor == moment else floor + timedelta(minutes=minutes)
 
 
-def stored_run_end(
-    *, instrument: Instrument, timeframe: int, start: datetime, end: datetime
-) -> datetime | None:
-    """The newest closed bar (any source) of the stored run that begins at ``start``: bars are followed
-    from ``start`` while no more than :data:`RESUME_GAP` is missing before the next one. ``None`` when
-    nothing is stored near ``start``."""
-    bar = timedelta(minutes=timeframe)
-    expected, newest = start, None
-    times = (
-        Candle.objects.filter(
-            instrument=instrument, timeframe=timeframe, closed=True, open_time__gte=start, open_time__lt=end
-        )
-        .order_by("open_time")
-        .values_list("open_time", flat=True)
-    )
-    for moment in times.iterator():
-        if moment - expected > RESUME_GAP:
-            break
-        newest, expected = moment, moment + bar
-    return newest
-
-
 def ohlc_plan(timeframe: int) -> tuple[int, int] | None:
     """(days, candle minutes) of the /ohlc request that refines ``timeframe`` bars, or None."""
     if timeframe % 240 == 0:
@@ -479,8 +460,9 @@ def backfill_coingecko(
     Each chunk is stored in its own transaction, so an interruption keeps what was stored.
 
     Resumable: fetching starts after the newest closed bar, from any source, of the stored run that begins
-    at the window's start (see :func:`stored_run_end`): a re-run after an interruption continues where the
-    last stored chunk ended, while live Kraken bars from last week do not hide a missing year before them.
+    at the window's start (:func:`trading.selectors.stored_run_end`, tolerating gaps up to
+    :data:`RESUME_GAP`): a re-run after an interruption continues where the last stored chunk ended, while
+    live Kraken bars from last week do not hide a missing year before them.
     Re-running adds nothing twice (the upsert is idempotent and insert-only).
 
     ``progress(chunks_done, chunks_total)`` is called after each chunk. One audit event is written at the
@@ -512,7 +494,9 @@ def backfill_coingecko(
     report = BackfillReport(
         coin_id=coin_id, symbol=instrument.symbol, timeframe=timeframe, start=start, end=end
     )
-    newest = stored_run_end(instrument=instrument, timeframe=timeframe, start=start, end=end)
+    newest = stored_run_end(
+        instrument=instrument, timeframe=timeframe, start=start, end=end, max_gap=RESUME_GAP
+    )
     fetch_from = start
     if newest is not None:
         fetch_from = report.resumed_from = newest + timedelta(minutes=timeframe)

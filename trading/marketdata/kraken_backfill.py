@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from django.utils import timezone
 from governance.actors import SystemActor
 from governance.services import audit_record
 from trading.candles import floor_time
+from trading.marketdata.backoff import jittered_backoff
 from trading.marketdata.kraken_ohlc import fetch_pages, reachable_since
 from trading.marketdata.kraken_rest import public_client
 from trading.models import Candle, Instrument
@@ -36,7 +36,7 @@ def with_retries(call: Callable[[], Any], *, sleep: Callable[[float], None], att
         ):  # includes RateLimitExceeded, DDoSProtection, ExchangeNotAvailable, timeouts
             if attempt == attempts - 1:
                 raise
-            sleep(random.uniform(0, min(30.0, 2.0**attempt)))  # noqa: S311 (jitter, not cryptography)
+            sleep(jittered_backoff(attempt, base=1.0, cap=30.0))
     raise AssertionError("unreachable")
 
 

@@ -33,6 +33,7 @@ from websockets.exceptions import ConnectionClosed, InvalidURI, WebSocketExcepti
 from websockets.uri import parse_uri
 
 from trading.candles import CandleRow, check_timeframe
+from trading.marketdata.backoff import jittered_backoff
 from trading.marketdata.feed import (
     Connected,
     Disconnected,
@@ -114,9 +115,8 @@ class Backoff:
         policy = self.policy
         if connected_for is not None and connected_for >= policy.healthy_after:
             self.failures = 0
-        ceiling = min(policy.cap, policy.base * 2 ** min(self.failures, 30))
+        wait = jittered_backoff(self.failures, base=policy.base, cap=policy.cap, rng=self.rng)
         self.failures += 1
-        wait = self.rng() * ceiling
         if maintenance:
             wait = max(wait, policy.maintenance_floor)
         now = self.monotonic()
