@@ -51,3 +51,16 @@ class AccountScopedAdminMixin:
         if db_field.name == "account":
             kwargs["queryset"] = Account.objects.for_user(request.user, "add")
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+
+class ReadOnlyAdminMixin:
+    """Nobody adds, changes or deletes these rows in the admin, superusers included: services write them."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

@@ -4,12 +4,13 @@ from django.contrib import admin
 from django.http import Http404
 from django.utils.html import format_html
 
+from accounts.admin_scoping import ReadOnlyAdminMixin
 from accounts.selectors import user_has_role_anywhere
 from governance.models import AuditEvent
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
+class AuditEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     """Read-only for everyone, superusers included: the audit trail is written only by services."""
 
     list_display = ("seq", "created_at", "actor", "account", "action", "target_type", "target_id")
@@ -57,12 +58,3 @@ class AuditEventAdmin(admin.ModelAdmin):
         if obj is None:
             return user_has_role_anywhere(user=request.user)
         return self.get_queryset(request).filter(pk=obj.pk).exists()
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False

@@ -7,6 +7,7 @@ from typing import Any
 from django.db import models, transaction
 from django.utils import timezone
 
+from aether_site.db import advisory_xact_lock
 from governance.actors import actor_label, actor_user
 from governance.chain import GENESIS_HASH, ChainRecord, canonical_details, compute_hash, event_time
 from governance.models import AuditEvent
@@ -15,16 +16,10 @@ from governance.models import AuditEvent
 AUDIT_CHAIN_LOCK_KEY = int.from_bytes(b"AETHAUDT", "big", signed=True)
 
 
-def _lock_chain_head(connection) -> None:
-    """Serialise appends so the chain stays linear under concurrent writers.
-
-    PostgreSQL: a transaction-scoped advisory lock, released at commit or rollback. SQLite: transactions
-    begin IMMEDIATE (see settings), so the writer already holds the database's write lock. On either engine
-    the unique ``seq`` and ``prev_hash`` columns refuse a fork outright.
-    """
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [AUDIT_CHAIN_LOCK_KEY])
+def _lock_chain_head() -> None:
+    """Serialise appends so the chain stays linear under concurrent writers (see ``advisory_xact_lock``
+    for SQLite). On either engine the unique ``seq`` and ``prev_hash`` columns refuse a fork outright."""
+    advisory_xact_lock(AUDIT_CHAIN_LOCK_KEY)
 
 
 def audit_record(
@@ -52,7 +47,7 @@ def audit_record(
     details_json = canonical_details(details)
     label = actor_label(actor)
 
-    _lock_chain_head(connection)
+    _lock_chain_head()
     head = AuditEvent.objects.order_by("-seq").values_list("seq", "hash").first()
     seq, prev_hash = (head[0] + 1, head[1]) if head else (1, GENESIS_HASH)
 

@@ -1,12 +1,12 @@
 from django.contrib import admin
 from simple_history.admin import SimpleHistoryAdmin
 
-from accounts.admin_scoping import AccountScopedAdminMixin
+from accounts.admin_scoping import AccountScopedAdminMixin, ReadOnlyAdminMixin
 from accounts.selectors import user_has_role_anywhere
 from trading.models import AccountFeeTier, Candle, FeedStatus, Instrument
 
 
-class MarketDataAdminMixin:
+class MarketDataAdminMixin(ReadOnlyAdminMixin):
     """Market data is shared by every account: any member reads it; it is written only by the sync,
     backfill and feed services."""
 
@@ -15,15 +15,6 @@ class MarketDataAdminMixin:
 
     def has_view_permission(self, request, obj=None):
         return user_has_role_anywhere(user=request.user)
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(Instrument)
@@ -71,18 +62,9 @@ class FeedStatusAdmin(MarketDataAdminMixin, admin.ModelAdmin):
 
 
 @admin.register(AccountFeeTier)
-class AccountFeeTierAdmin(AccountScopedAdminMixin, SimpleHistoryAdmin):
+class AccountFeeTierAdmin(ReadOnlyAdminMixin, AccountScopedAdminMixin, SimpleHistoryAdmin):
     """Read-only: rates come from the account's own Kraken TradeVolume answer."""
 
     list_display = ("account", "instrument", "maker_pct", "taker_pct", "volume_30d_usd", "fetched_at")
     list_filter = (("account", admin.RelatedOnlyFieldListFilter), "instrument")
     list_select_related = ("account", "instrument")
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False

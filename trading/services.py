@@ -12,6 +12,7 @@ from pathlib import Path
 from django.db import transaction
 from django.utils import timezone
 
+from aether_site.db import advisory_xact_lock
 from governance.actors import actor_user
 from governance.services import audit_record
 from trading.candles import CandleRow, check_timeframe
@@ -160,14 +161,8 @@ CANDLE_LOCK_NAMESPACE = int.from_bytes(b"CNDL", "big", signed=True)
 
 def _lock_series(instrument: Instrument, timeframe: int) -> None:
     """Writers of one (instrument, timeframe) series take turns, so the precedence rules below are
-    decided on what is really stored (PostgreSQL; SQLite's IMMEDIATE transactions already serialise)."""
-    connection = transaction.get_connection()
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT pg_advisory_xact_lock(%s, %s)",
-                [CANDLE_LOCK_NAMESPACE, instrument.pk * 100_000 + timeframe],
-            )
+    decided on what is really stored."""
+    advisory_xact_lock(CANDLE_LOCK_NAMESPACE, instrument.pk * 100_000 + timeframe)
 
 
 UPDATE_FIELDS = ["open", "high", "low", "close", "volume", "trades", "closed", "source", "updated_at"]
