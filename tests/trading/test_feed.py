@@ -20,6 +20,7 @@ from django.db import OperationalError
 from governance.models import AuditEvent
 from tests.fakes.kraken_ws import FakeKrakenWS
 from trading import kraken_pairs
+from trading import services as trading_services
 from trading.candles import CandleRow, make_row
 from trading.marketdata import feed_service, kraken_ws, kraken_ws_messages
 from trading.marketdata.feed import (
@@ -808,7 +809,7 @@ def test_a_bar_the_database_refuses_is_dropped_and_later_bars_are_stored(univers
 def failing_upsert(monkeypatch, failures: int | None):
     """``candles_upsert`` raising "database is locked" for the first ``failures`` calls (None: always)."""
     calls = []
-    real = feed_service.candles_upsert
+    real = trading_services.candles_upsert
 
     def upsert(**kwargs):
         calls.append(sorted(r.open_time for r in kwargs["rows"]))
@@ -816,7 +817,7 @@ def failing_upsert(monkeypatch, failures: int | None):
             raise OperationalError("database is locked")
         return real(**kwargs)
 
-    monkeypatch.setattr(feed_service, "candles_upsert", upsert)
+    monkeypatch.setattr(trading_services, "candles_upsert", upsert)  # what feed_bars_store calls
     return calls
 
 

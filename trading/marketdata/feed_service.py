@@ -34,12 +34,11 @@ from decimal import Decimal
 from asgiref.sync import sync_to_async
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.core.exceptions import ImproperlyConfigured
-from django.db import DatabaseError, InterfaceError, OperationalError, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError
 from django.utils import timezone
 from prometheus_client import Counter, Gauge
 
 from governance.actors import SystemActor
-from governance.services import audit_record
 from trading.candles import CandleRow, check_timeframe
 from trading.marketdata.feed import (
     Bar,
@@ -54,8 +53,14 @@ from trading.marketdata.feed import (
     SubscriptionRefused,
     Tick,
 )
-from trading.models import Candle, FeedStatus, Instrument
-from trading.services import UpsertResult, candles_upsert
+from trading.models import Candle, Instrument
+from trading.services import (
+    UpsertResult,
+    feed_bars_store,
+    feed_status_set_stale,
+    feed_status_touch,
+    feed_statuses_prepare,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -96,79 +101,6 @@ def decimal_text(value: Decimal) -> str:
 
 
 # --- Services (sync; the only writers of FeedStatus and of the feed's candles) ---------------------------
-
-
-def feed_statuses_prepare(*, instruments: Iterable[Instrument]) -> dict[str, bool]:
-    """Make sure each pair has its FeedStatus row; returns symbol → stale as stored."""
-    states = {}
-    for instrument in instruments:
-        status, _ = FeedStatus.objects.get_or_create(instrument=instrument)
-        states[instrument.symbol] = status.stale
-    return states
-
-
-def feed_status_touch(*, seen: dict[int, tuple[datetime, Decimal | None]]) -> None:
-    """Record the last message time (and price, when there is one) per instrument id: one UPDATE each."""
-    now = timezone.now()
-    with transaction.atomic():
-        for instrument_id, (at, price) in seen.items():
-            values = {"last_message_at": at, "updated_at": now}
-            if price is not None:
-                values["last_price"] = price
-            FeedStatus.objects.filter(instrument_id=instrument_id).update(**values)
-
-
-def feed_status_set_stale(
-    *,
-    instrument: Instrument,
-    stale: bool,
-    at: datetime,
-    last_seen: datetime | None,
-    window_seconds: float,
-    reason: str,
-) -> bool:
-    """Mark the pair stale or live, with its audit event (``market.stale`` / ``market.live``) in the same
-    transaction. Compare-and-set: returns False, writing nothing, when the row already says so."""
-    with transaction.atomic():
-        status = FeedStatus.objects.select_for_update().get(instrument=instrument)
-        if status.stale == stale:
-            return False
-        status.stale = stale
-        status.stale_since = at if stale else None
-        if last_seen is not None and (status.last_message_at is None or last_seen > status.last_message_at):
-            status.last_message_at = last_seen
-        status.save(update_fields=["stale", "stale_since", "last_message_at", "updated_at"])
-        audit_record(
-            actor=ACTOR,
-            action="market.stale" if stale else "market.live",
-            target=status,
-            details={
-                "symbol": instrument.symbol,
-                "reason": reason,
-                "window_seconds": window_seconds,
-                "last_message_at": last_seen.isoformat() if last_seen else None,
-            },
-        )
-    return True
-
-
-def feed_bars_store(
-    *, instrument: Instrument, timeframe: int, rows: list[CandleRow], source: str
-) -> UpsertResult:
-    """Store closed bars and at most one forming bar (the newest): a forming bar older than the newest row
-    written was never confirmed closed and is removed, so only the current one stays ``closed=False``.
-    A replay only stores bars where none exists (``candles_upsert``) and removes only its own forming bars,
-    never one from Kraken."""
-    with transaction.atomic():
-        result = candles_upsert(instrument=instrument, timeframe=timeframe, rows=rows, source=source)
-        newest = max(row.open_time for row in rows)
-        superseded = Candle.objects.filter(
-            instrument=instrument, timeframe=timeframe, closed=False, open_time__lt=newest
-        )
-        if source == Candle.Source.REPLAY:
-            superseded = superseded.filter(source=source)
-        superseded.delete()
-    return result
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -524,6 +456,7 @@ class MarketFeed:
                 why = reason or "messages again"
             try:
                 await sync_to_async(feed_status_set_stale)(
+                    actor=ACTOR,
                     instrument=self.instruments[change.symbol],
                     stale=change.stale,
                     at=change.at,
