@@ -18,7 +18,7 @@ from governance.services import audit_record
 from trading.candles import CandleRow, check_timeframe
 from trading.fees import parse_trade_volume
 from trading.kraken_pairs import PairFacts, parse_asset_pairs
-from trading.marketdata.kraken_csv import CsvReport, parse_lines
+from trading.marketdata.kraken_csv import CsvReport, check_interval, parse_lines
 from trading.models import AccountFeeTier, Candle, FeedStatus, Instrument
 
 FACT_FIELDS = (
@@ -286,6 +286,7 @@ class FileImportResult:
     rows: int
     inserted: int
     updated: int
+    duplicates: int  # lines repeating an earlier line's time: the last one is kept
     skipped: dict[str, int]
     examples: list[str]
 
@@ -296,8 +297,11 @@ def candles_import_kraken_file(
     """Import one of Kraken's OHLCVT files (``time,open,high,low,close,volume,trades``) in batches; bad
     lines are counted by reason and never stored; idempotent. ``on_bytes(n)`` reports progress. One audit
     event for the run."""
+    with open(path, encoding="utf-8") as handle:
+        check_interval(Path(path).name, handle, minutes=timeframe)
     report = CsvReport()
-    inserted = updated = 0
+    inserted = updated = duplicates = 0
+    seen: set = set()
 
     def lines(handle):
         for line in handle:
@@ -308,6 +312,9 @@ def candles_import_kraken_file(
     with open(path, encoding="utf-8") as handle:
         rows = parse_lines(lines(handle), minutes=timeframe, report=report)
         while batch := list(islice(rows, batch_size)):
+            for row in batch:
+                duplicates += row.open_time in seen
+                seen.add(row.open_time)
             result = candles_upsert(
                 instrument=instrument, timeframe=timeframe, rows=batch, source=Candle.Source.KRAKEN_CSV
             )
@@ -324,10 +331,11 @@ def candles_import_kraken_file(
                 "rows": report.rows,
                 "inserted": inserted,
                 "updated": updated,
+                "duplicates": duplicates,
                 "skipped": dict(report.skipped),
             },
         )
-    return FileImportResult(report.rows, inserted, updated, dict(report.skipped), report.examples)
+    return FileImportResult(report.rows, inserted, updated, duplicates, dict(report.skipped), report.examples)
 
 
 # --- The live feed's writes ------------------------------------------------------------------------------

@@ -89,3 +89,32 @@ def test_hourly_import_resamples_to_krakens_daily_bars(universe):
         assert sum(bar[6] for bar in bars) == int(fields[6]), day
         compared += 1
     assert compared >= 1816  # the README's cross-check: every full day of 2018-2022, and more
+
+
+def test_a_file_of_another_timeframe_is_refused_before_anything_is_stored(universe, tmp_path):
+    daily = tmp_path / "SOLUSD_1440.csv"
+    daily.write_text("1640995200,170,180,160,175,10,5\n1641081600,175,185,165,170,11,6\n")
+    with pytest.raises(
+        CommandError, match=r"holds 1440-minute bars .*not 60-minute ones; nothing was imported"
+    ):
+        call_command("import_kraken_csv", str(daily), "--pair", "SOLUSD", "--timeframe", "60")
+    unnamed = tmp_path / "sol.csv"  # no Kraken file name to go by: the data itself gives it away
+    unnamed.write_text(daily.read_text())
+    with pytest.raises(CommandError, match=r"closest two bars in sol.csv are 1440 minutes apart"):
+        call_command("import_kraken_csv", str(unnamed), "--pair", "SOLUSD", "--timeframe", "60")
+    hourly = tmp_path / "hours.csv"
+    hourly.write_text("1640995200,1,1,1,1,1,1\n1640998800,1,1,1,1,1,1\n1641002400,1,1,1,1,1,1\n")
+    with pytest.raises(CommandError, match=r"2 of 3 bars in hours.csv are not aligned to 1440 minutes"):
+        call_command("import_kraken_csv", str(hourly), "--pair", "SOLUSD", "--timeframe", "1440")
+    assert not Candle.objects.exists()
+
+
+def test_repeated_times_are_reported_and_the_last_line_kept(universe, tmp_path, capsys):
+    path = tmp_path / "XBTUSD_60.csv"
+    path.write_text(
+        "1381093200,122,122,122,122,0.1,1\n1381096800,123,124,121,122,2.5,4\n1381093200,130,131,129,130,1,2\n"
+    )
+    call_command("import_kraken_csv", str(path), "--pair", "XBTUSD", "--timeframe", "60")
+    assert "1 repeated times (the last line kept)" in capsys.readouterr().out
+    assert Candle.objects.get(open_time=datetime.fromtimestamp(1381093200, tz=UTC)).close == Decimal(130)
+    assert AuditEvent.objects.get(action="history.imported").details["duplicates"] == 1

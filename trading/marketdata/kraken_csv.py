@@ -52,3 +52,41 @@ def parse_lines(lines: Iterable[str], *, minutes: int, report: CsvReport) -> Ite
             continue
         report.rows += 1
         yield row
+
+
+class IntervalMismatch(ValueError):
+    """The file's bars are not of the timeframe the import was asked for."""
+
+
+FILE_NAME = re.compile(r"^[A-Z0-9]+_(?P<minutes>\d+)\.csv$", re.IGNORECASE)
+
+
+def check_interval(name: str, lines: Iterable[str], *, minutes: int) -> None:
+    """Refuse a file whose bars are not ``minutes`` long, before anything is stored: by Kraken's file name
+    (``XBTUSD_60.csv``) when it has one, and always by the data — every time aligned to the interval, and
+    the closest two bars exactly one interval apart (a daily file's are a day apart)."""
+    named = FILE_NAME.match(name)
+    if named and int(named["minutes"]) != minutes:
+        raise IntervalMismatch(
+            f"{name} holds {named['minutes']}-minute bars (Kraken's file name says so), "
+            f"not {minutes}-minute ones"
+        )
+    seconds = minutes * 60
+    previous, closest, misaligned, total = None, None, 0, 0
+    for line in lines:
+        head = line.split(",", 1)[0].strip()
+        if not head.isdigit():
+            continue  # a bad line: parse_lines counts and reports it
+        moment = int(head)
+        total += 1
+        misaligned += moment % seconds != 0
+        if previous is not None and moment > previous:
+            gap = moment - previous
+            closest = gap if closest is None else min(closest, gap)
+        previous = moment
+    if total and misaligned * 2 > total:
+        raise IntervalMismatch(f"{misaligned} of {total} bars in {name} are not aligned to {minutes} minutes")
+    if closest is not None and closest != seconds:
+        raise IntervalMismatch(
+            f"the closest two bars in {name} are {closest // 60} minutes apart: not {minutes}-minute bars"
+        )

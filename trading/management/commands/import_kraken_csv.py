@@ -9,6 +9,7 @@ from tqdm import tqdm
 
 from governance.actors import SystemActor
 from trading.candles import TIMEFRAMES
+from trading.marketdata.kraken_csv import IntervalMismatch
 from trading.models import Instrument
 from trading.services import candles_import_kraken_file
 
@@ -40,13 +41,16 @@ class Command(BaseCommand):
             disable=None,
             file=self.stderr._out,
         ) as progress:
-            result = candles_import_kraken_file(
-                actor=SystemActor("import_kraken_csv"),
-                path=path,
-                instrument=instrument,
-                timeframe=minutes,
-                on_bytes=progress.update,
-            )
+            try:
+                result = candles_import_kraken_file(
+                    actor=SystemActor("import_kraken_csv"),
+                    path=path,
+                    instrument=instrument,
+                    timeframe=minutes,
+                    on_bytes=progress.update,
+                )
+            except IntervalMismatch as exc:
+                raise CommandError(f"{exc}; nothing was imported") from None
         for example in result.examples:
             self.stdout.write(self.style.WARNING(f"skipped {example}"))
         self.stdout.write(
@@ -54,6 +58,7 @@ class Command(BaseCommand):
                 f"import_kraken_csv: {path.name} → {instrument.symbol} {minutes}m: {result.rows} rows, "
                 f"{result.inserted} inserted, {result.updated} updated, "
                 f"{sum(result.skipped.values())} skipped"
+                + (f", {result.duplicates} repeated times (the last line kept)" if result.duplicates else "")
             )
         )
 
