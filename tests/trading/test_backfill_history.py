@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from django.core.management import CommandError, call_command
+from django.core.management import CommandError, ManagementUtility, call_command
 
 from governance.models import AuditEvent
 from tests.fakes.coingecko import default_price, sample_offset_ms
@@ -50,3 +50,27 @@ def test_backfill_history_from_coingecko_resumes_and_reports(
     fake_coingecko.inject("malformed", times=1)
     with pytest.raises(CommandError, match=r"bitcoin: .*re-run to resume"):
         call_command("backfill_history", "--source", "coingecko", "--coin", "bitcoin", "--days", "60")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--source", "kraken", "--coin", "bitcoin"], "--coin is for --source coingecko"),
+        (["--source", "coingecko", "--pair", "BTC/USD"], "--pair is for --source kraken"),
+        (["--source", "coingecko", "--coin", "Ethereum:ETH/USD", "--days", "3"], "not a CoinGecko coin id"),
+        (
+            ["--source", "coingecko", "--coin", "bitcoin", "--timeframe", "5", "--days", "3"],
+            "5-minute timeframe",
+        ),
+    ],
+)
+def test_arguments_that_do_not_fit_are_clear_errors(universe, args, message):
+    with pytest.raises(CommandError, match=message):
+        call_command("backfill_history", *args)
+
+
+@pytest.mark.parametrize("days", ["0", "-3", "many"])
+def test_days_must_be_a_positive_whole_number(universe, days, capsys):
+    with pytest.raises(SystemExit):
+        ManagementUtility(["manage.py", "backfill_history", "--source", "kraken", "--days", days]).execute()
+    assert "argument --days" in capsys.readouterr().err

@@ -22,3 +22,13 @@ def public_client(*, timeout_ms: int = 15_000, rate_limit: bool = True) -> ccxt.
 def fetch_asset_pairs(client: ccxt.kraken | None = None) -> dict:
     """The raw AssetPairs answer (``{"error": [], "result": {...}}``)."""
     return (client or public_client()).publicGetAssetPairs()
+
+
+def describe_error(exc: BaseException) -> str:
+    """A ccxt error and, when it wraps one (a refused connection inside a NetworkError), its cause: the
+    part an operator needs."""
+    text = f"{type(exc).__name__}: {exc}"
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and str(cause) and str(cause) not in text:
+        text += f" ({cause})"
+    return text

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import ccxt
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -11,7 +13,18 @@ from trading.candles import TIMEFRAMES
 from trading.marketdata.coingecko import DEFAULT_COINS, CoinGeckoError, backfill_coingecko
 from trading.marketdata.kraken_backfill import backfill_kraken
 from trading.marketdata.kraken_ohlc import OhlcAnswerError
+from trading.marketdata.kraken_rest import describe_error
 from trading.models import Instrument
+
+
+def positive_days(text: str) -> int:
+    try:
+        days = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of days") from None
+    if days < 1:
+        raise argparse.ArgumentTypeError("must be at least 1 day")
+    return days
 
 
 class Command(BaseCommand):
@@ -32,12 +45,19 @@ class Command(BaseCommand):
             "--pair", action="append", default=[], metavar="SYMBOL", help="e.g. BTC/USD (kraken)"
         )
         parser.add_argument(
-            "--days", type=int, default=None, help="how far back (default: 365 coingecko, 30 kraken)"
+            "--days",
+            type=positive_days,
+            default=None,
+            help="how far back (default: 365 coingecko, 30 kraken)",
         )
         parser.add_argument("--timeframe", type=int, choices=TIMEFRAMES, default=None, help="minutes")
 
     def handle(self, *args, **options) -> None:
         timeframe = options["timeframe"] or settings.AETHER_TIMEFRAME
+        if options["source"] == "coingecko" and options["pair"]:
+            raise CommandError("--pair is for --source kraken; CoinGecko takes --coin ID[:SYMBOL]")
+        if options["source"] == "kraken" and options["coin"]:
+            raise CommandError("--coin is for --source coingecko; Kraken takes --pair SYMBOL (e.g. BTC/USD)")
         if options["source"] == "coingecko":
             self._coingecko(options["coin"] or list(DEFAULT_COINS), options["days"] or 365, timeframe)
         else:
@@ -77,9 +97,9 @@ class Command(BaseCommand):
                         timeframe=timeframe,
                         progress=progress,
                     )
-                except CoinGeckoError as exc:
+                except (CoinGeckoError, ValueError) as exc:
                     raise CommandError(
-                        f"{coin_id}: {exc} (what was stored so far is kept; re-run to resume)"
+                        f"{coin_id}: {exc} (anything stored before this is kept; re-run to resume)"
                     ) from None
             self.stdout.write(self.style.SUCCESS(f"backfill_history coingecko {coin_id}: {report.summary()}"))
 
@@ -93,7 +113,7 @@ class Command(BaseCommand):
                     )
                 except (ccxt.BaseError, OhlcAnswerError) as exc:
                     raise CommandError(
-                        f"{instrument.symbol}: Kraken OHLC failed ({type(exc).__name__}: {exc}); what was "
-                        "stored so far is kept; re-run to resume"
+                        f"{instrument.symbol}: Kraken OHLC failed ({describe_error(exc)}); anything stored "
+                        "before this is kept; re-run to resume"
                     ) from None
             self.stdout.write(self.style.SUCCESS(f"backfill_history kraken {report.summary()}"))

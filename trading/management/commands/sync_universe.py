@@ -10,7 +10,7 @@ import ccxt
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from governance.actors import SystemActor
-from trading.marketdata.kraken_rest import fetch_asset_pairs
+from trading.marketdata.kraken_rest import describe_error, fetch_asset_pairs
 from trading.services import universe_sync
 
 SNAPSHOT = Path(__file__).resolve().parents[2] / "data" / "kraken_asset_pairs_2026-09-25.json"
@@ -44,7 +44,7 @@ class Command(BaseCommand):
                 answer = fetch_asset_pairs()
             except ccxt.BaseError as exc:
                 raise CommandError(
-                    f"Kraken AssetPairs failed ({type(exc).__name__}: {exc}); offline, use --from-file"
+                    f"Kraken AssetPairs failed ({describe_error(exc)}); offline, use --from-file"
                 ) from None
             source = "kraken_api"
         try:
