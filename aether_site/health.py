@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import hmac
 import logging
-from datetime import timedelta
 
 import redis
 from django.conf import settings
 from django.db import DatabaseError, connections
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.utils import timezone
 from django_prometheus.exports import ExportToDjangoView
 from prometheus_client import generate_latest
 
@@ -74,27 +72,12 @@ def check_market_data() -> dict:
 
 
 def stale_pairs() -> list[str]:
-    """Traded pairs the live feed has not heard from lately. Reported, not failing readiness: the admin
-    must stay reachable while Kraken is quiet; risk refuses to trade a stale pair. The age check also
-    catches a feed that died without marking anything stale."""
-    from trading.models import FeedStatus
+    """Traded pairs the live feed has not heard from lately (``trading.selectors.pair_staleness``).
+    Reported, not failing readiness: the admin must stay reachable while Kraken is quiet; risk refuses to
+    trade a stale pair."""
+    from trading.selectors import pair_staleness
 
-    # The feed flushes its status every few seconds: allow for that beyond the staleness window.
-    cutoff = timezone.now() - timedelta(seconds=settings.MARKET_STALE_SECONDS + 5)
-    statuses = {
-        status.instrument.symbol: status
-        for status in FeedStatus.objects.select_related("instrument").filter(
-            instrument__symbol__in=settings.AETHER_PAIRS
-        )
-    }
-    return [
-        symbol
-        for symbol in settings.AETHER_PAIRS
-        if (status := statuses.get(symbol)) is None
-        or status.stale
-        or status.last_message_at is None
-        or status.last_message_at < cutoff
-    ]
+    return [symbol for symbol, (stale, _) in pair_staleness().items() if stale]
 
 
 def check_redis() -> dict:

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import logging
 
-from django.conf import settings
+from django.core.exceptions import SynchronousOnlyOperation
 from django.db import DatabaseError
-from django.utils import timezone
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -22,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 class FeedStatusCollector(Collector):
     def collect(self):
-        from trading.models import FeedStatus
+        from trading.selectors import pair_staleness
 
         stale = GaugeMetricFamily(
             "aether_pair_stale", "1 when the live feed has not heard about the pair lately", labels=["symbol"]
@@ -31,24 +30,11 @@ class FeedStatusCollector(Collector):
             "aether_pair_last_message_age_seconds", "seconds since the feed's last message", labels=["symbol"]
         )
         try:
-            statuses = {
-                status.instrument.symbol: status
-                for status in FeedStatus.objects.select_related("instrument").filter(
-                    instrument__symbol__in=settings.AETHER_PAIRS
-                )
-            }
-        except DatabaseError as exc:  # a scrape must not fail because the database does
+            staleness = pair_staleness()
+        except (DatabaseError, SynchronousOnlyOperation) as exc:  # a scrape must not fail with the database
             logger.warning("metrics: feed status unavailable: %s", exc)
             return
-        now = timezone.now()
-        for symbol in settings.AETHER_PAIRS:
-            status = statuses.get(symbol)
-            seconds = None
-            if status is not None and status.last_message_at is not None:
-                seconds = (now - status.last_message_at).total_seconds()
-            is_stale = (
-                status is None or status.stale or seconds is None or seconds > settings.MARKET_STALE_SECONDS
-            )
+        for symbol, (is_stale, seconds) in staleness.items():
             stale.add_metric([symbol], 1.0 if is_stale else 0.0)
             if seconds is not None:
                 age.add_metric([symbol], seconds)

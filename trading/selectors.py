@@ -69,3 +69,34 @@ def stored_run_end(*, instrument: Instrument, timeframe: int, start, end, max_ga
             break
         newest, expected = moment, moment + bar
     return newest
+
+
+# The feed flushes its status every few seconds: a message may be this much older than the window and
+# the pair still live.
+FEED_FLUSH_ALLOWANCE = timedelta(seconds=5)
+
+
+def pair_staleness(*, now=None) -> dict[str, tuple[bool, float | None]]:
+    """For each traded pair: (stale?, seconds since the feed's last message or None). Stale when the feed
+    says so, never heard of the pair, or has not heard from it within ``MARKET_STALE_SECONDS`` (plus the
+    flush allowance), which also catches a feed that died without marking anything."""
+    from django.utils import timezone
+
+    from trading.models import FeedStatus
+
+    now = now or timezone.now()
+    limit = timedelta(seconds=settings.MARKET_STALE_SECONDS) + FEED_FLUSH_ALLOWANCE
+    statuses = {
+        status.instrument.symbol: status
+        for status in FeedStatus.objects.select_related("instrument").filter(
+            instrument__symbol__in=settings.AETHER_PAIRS
+        )
+    }
+    result = {}
+    for symbol in settings.AETHER_PAIRS:
+        status = statuses.get(symbol)
+        last = None if status is None else status.last_message_at
+        age = None if last is None else (now - last).total_seconds()
+        stale = status is None or status.stale or last is None or now - last > limit
+        result[symbol] = (stale, age)
+    return result
