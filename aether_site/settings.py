@@ -158,12 +158,17 @@ else:
 # Endpoints are settings so tests and operators can point every client elsewhere.
 KRAKEN_API_URL = env.str("KRAKEN_API_URL", "https://api.kraken.com")
 KRAKEN_WS_URL = env.str("KRAKEN_WS_URL", "wss://ws.kraken.com/v2")
+if not KRAKEN_WS_URL.startswith(("ws://", "wss://")):
+    raise SettingsError(f"KRAKEN_WS_URL={KRAKEN_WS_URL!r}: expected a ws:// or wss:// URL")
 COINGECKO_PLAN = env.choice("COINGECKO_PLAN", "demo", ("demo", "pro"))
 COINGECKO_API_KEY = env.str("COINGECKO_API_KEY")
 COINGECKO_API_URL = env.str(
     "COINGECKO_API_URL",
     "https://pro-api.coingecko.com/api/v3" if COINGECKO_PLAN == "pro" else "https://api.coingecko.com/api/v3",
 )
+for _name in ("KRAKEN_API_URL", "COINGECKO_API_URL"):
+    if not globals()[_name].startswith(("http://", "https://")):
+        raise SettingsError(f"{_name}={globals()[_name]!r}: expected an http:// or https:// URL")
 # The pairs Aether trades: Kraken WebSocket v2 names, checked against the synced universe.
 AETHER_PAIRS = env.list("AETHER_PAIRS", ["BTC/USD", "ETH/USD", "SOL/USD"])
 AETHER_TIMEFRAME = int(env.choice("AETHER_TIMEFRAME", "60", ("1", "5", "15", "30", "60", "240", "1440")))

@@ -7,6 +7,7 @@ from datetime import timedelta
 from django.conf import settings
 
 from trading.fees import FeeRates, published_rates
+from trading.kraken_pairs import common_code
 from trading.models import AccountFeeTier, Candle, Instrument
 
 
@@ -22,7 +23,12 @@ def traded_instruments(symbols: list[str] | None = None) -> list[Instrument]:
     problems = []
     for symbol in symbols:
         instrument = found.get(symbol)
-        if instrument is None:
+        base, _, quote = symbol.partition("/")
+        if instrument is None and quote != "USD":
+            problems.append(f"{symbol} is not quoted in USD: Aether trades spot USD pairs only")
+        elif instrument is None and common_code(base) != base:
+            problems.append(f"{symbol} is Kraken's legacy name: use {common_code(base)}/USD")
+        elif instrument is None:
             problems.append(f"{symbol} is not in the synced spot USD universe (run manage.py sync_universe)")
         elif not instrument.tradable:
             problems.append(f"{symbol} is {instrument.status} on Kraken")

@@ -119,6 +119,8 @@ def test_production_problems_lists_every_problem_at_once():
         ({"DATABASE_CONN_MAX_AGE": "forever"}, ["DATABASE_CONN_MAX_AGE"]),
         ({"DATABASE_URL": "sqlite://"}, ["in-memory SQLite"]),
         ({"SECRET_KEY_FILE": ""}, ["SECRET_KEY_FILE is set but empty"]),
+        ({"KRAKEN_WS_URL": "http://ws.example"}, ["KRAKEN_WS_URL", "ws://"]),
+        ({"KRAKEN_API_URL": "api.kraken.com"}, ["KRAKEN_API_URL", "http://"]),
         ({"DATABASE_URL": "postgres://aether:pa#ss@db:5432/aether", "AETHER_ENV": "prod"}, ["AETHER_ENV"]),
     ],
 )

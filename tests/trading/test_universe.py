@@ -157,8 +157,8 @@ def test_traded_pairs_are_checked_against_the_universe(universe, settings):
         traded_instruments()
     message = str(excinfo.value)
     assert "ETH/USD is cancel_only" in message
-    assert "ETH/BTC is not in the synced spot USD universe" in message
-    assert "XBT/USD is not in the synced spot USD universe" in message
+    assert "ETH/BTC is not quoted in USD" in message
+    assert "XBT/USD is Kraken's legacy name: use BTC/USD" in message
 
 
 def test_bad_snapshot_file_is_a_clear_error(db, tmp_path):

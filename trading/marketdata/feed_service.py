@@ -199,9 +199,10 @@ class MarketFeed:
             raise ImproperlyConfigured("CHANNEL_LAYERS has no default layer: ticks could not be published")
         self.channel_layer = layer
         if isinstance(layer, InMemoryChannelLayer):
-            logger.warning(EMBEDDED_NOTICE)
             if self.announce is not None:
                 self.announce(EMBEDDED_NOTICE)
+            else:
+                logger.warning(EMBEDDED_NOTICE)
         stored = await sync_to_async(feed_statuses_prepare)(instruments=list(self.instruments.values()))
         self.tracker = StalenessTracker(self.stale_seconds, self.instruments, clock=self.clock, stale=stored)
         self._update_gauges()

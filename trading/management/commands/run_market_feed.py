@@ -108,7 +108,12 @@ class Command(BaseCommand):
         if options["metrics_port"]:
             from prometheus_client import start_http_server
 
-            start_http_server(options["metrics_port"])
+            try:
+                start_http_server(options["metrics_port"])
+            except OSError as exc:
+                raise CommandError(
+                    f"--metrics-port {options['metrics_port']}: cannot serve metrics there ({exc.strerror})"
+                ) from None
             self.stdout.write(f"market feed: metrics on :{options['metrics_port']}/metrics")
         else:
             self.stdout.write(
