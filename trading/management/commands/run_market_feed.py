@@ -14,6 +14,7 @@ from django.db import connections
 
 from trading.candles import check_timeframe
 from trading.marketdata.feed import v2_symbol
+from trading.marketdata.feed_lock import FeedAlreadyRunning, feed_instance_lock
 from trading.marketdata.feed_service import MarketFeed
 from trading.marketdata.kraken_ws import KrakenWSSource
 from trading.marketdata.replay import ReplaySource, load_stored_bars, rows_from_ohlcvt_csv
@@ -71,6 +72,13 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, **options) -> None:
+        try:
+            with feed_instance_lock():
+                self._handle(options)
+        except FeedAlreadyRunning as exc:
+            raise CommandError(f"{exc}: run one market feed per database") from None
+
+    def _handle(self, options) -> None:
         timeframe = settings.AETHER_TIMEFRAME if options["timeframe"] is None else options["timeframe"]
         try:
             check_timeframe(timeframe)
@@ -83,6 +91,11 @@ class Command(BaseCommand):
             raise CommandError("--stale-seconds must be positive")
         if options["speed"] is not None and options["speed"] <= 0:
             raise CommandError("--speed must be positive")
+        if options["source"] == "replay" and settings.PRODUCTION:
+            raise CommandError(
+                "--source replay drives the pairs' feed status from recorded bars: it is for development and "
+                "demos, and refused with AETHER_ENV=production"
+            )
         csv_files = self._csv_files(options["from_csv"])
         if options["source"] == "live" and (
             csv_files or options["speed"] or options["since"] or options["until"]
