@@ -18,7 +18,6 @@ from governance.models import AuditEvent
 from tests.fakes.coingecko import DAY, HOUR, fake_coingecko, sample_offset_ms  # noqa: F401
 from trading.candles import CandleRow
 from trading.marketdata.coingecko import (
-    DEFAULT_COINS,
     CoinGeckoClient,
     CoinGeckoError,
     CoinGeckoPlanLimit,
@@ -776,7 +775,3 @@ def test_fake_ohlc_endpoint_close_time_convention(fake):
     assert rows[0][4] == hourly_price(rows[0][0])
     thirty = httpx.get(f"{fake.url}/coins/bitcoin/ohlc", params={"vs_currency": "usd", "days": 1}).json()
     assert {b[0] - a[0] for a, b in itertools.pairwise(thirty)} == {30 * 60_000}
-
-
-def test_default_coins_name_the_traded_pairs():
-    assert DEFAULT_COINS == {"bitcoin": "BTC/USD", "ethereum": "ETH/USD", "solana": "SOL/USD"}

@@ -22,7 +22,7 @@ from tests.fakes.kraken_ws import FakeKrakenWS
 from trading import kraken_pairs
 from trading import services as trading_services
 from trading.candles import CandleRow, make_row
-from trading.marketdata import feed_service, kraken_ws, kraken_ws_messages
+from trading.marketdata import feed_service
 from trading.marketdata.feed import (
     Bar,
     Heartbeat,
@@ -83,11 +83,6 @@ def test_v2_names_use_the_one_alias_map_of_kraken_pairs(monkeypatch):
     monkeypatch.setitem(kraken_pairs.ASSET_ALIASES, "XZZ", "ZZZ")  # a new alias there applies here too
     assert v2_symbol("XZZ/USD") == "ZZZ/USD"
     assert v2_symbol("ETH/XBT") == "ETH/BTC"
-
-
-def test_kraken_ws_still_exports_the_parsing_and_closing_names():
-    for name in ("OhlcCloser", "Rejection", "parse_candle", "parse_message", "parse_tick"):
-        assert getattr(kraken_ws, name) is getattr(kraken_ws_messages, name)
 
 
 def test_staleness_tracker_reports_each_transition_once():

@@ -48,24 +48,10 @@ from trading.marketdata.feed import (
 from trading.marketdata.kraken_ws_messages import (
     Malformed,
     OhlcCloser,
-    Rejection,
     parse_candle,
     parse_message,
     parse_tick,
 )
-
-__all__ = [
-    "CHANNELS",
-    "Backoff",
-    "KrakenWSSource",
-    "OhlcCloser",
-    "ReconnectPolicy",
-    "Rejection",
-    "SourceStats",
-    "parse_candle",
-    "parse_message",
-    "parse_tick",
-]
 
 logger = logging.getLogger(__name__)
 
