@@ -73,12 +73,13 @@ def test_readyz_names_pairs_the_feed_has_not_heard_from_lately(universe, client,
 
 def test_readyz_is_503_until_the_traded_pairs_are_in_the_universe(universe, client, settings):
     settings.REDIS_URL = None
-    settings.AETHER_PAIRS = ["BTC/USD", "BTC/EUR"]
+    settings.AETHER_PAIRS = ["BTC/USD", "BTC/EUR", "DOGE/USD"]
     response = client.get("/readyz")
     assert response.status_code == 503
     check = response.json()["checks"]["market_data"]
     assert check["ok"] is False
-    assert "BTC/EUR is not in the synced spot USD universe" in check["error"]
+    assert "BTC/EUR is not quoted in USD" in check["error"]
+    assert "DOGE/USD is not in the synced spot USD universe" in check["error"]
 
 
 def test_readyz_is_503_with_a_reason_when_the_database_is_unreachable(unreachable_database, client, settings):
