@@ -13,7 +13,7 @@ The last line is the figures as name=value pairs.
 from __future__ import annotations
 
 import argparse
-import json
+import io
 import os
 import shutil
 import sys
@@ -52,19 +52,13 @@ def main() -> None:
     from django.db import connection
 
     from governance.actors import SystemActor
-    from trading.management.commands.sync_universe import SNAPSHOT
     from trading.marketdata.kraken_csv import CsvReport, parse_lines
     from trading.models import Candle, Instrument
-    from trading.services import candles_import_kraken_file, candles_upsert, universe_sync
+    from trading.services import candles_import_kraken_file, candles_upsert
 
     call_command("migrate", verbosity=0)
 
-    universe_sync(
-        actor=SystemActor("bench"),
-        answer=json.loads(SNAPSHOT.read_text()),
-        source="bench",
-        delist_missing=False,
-    )
+    call_command("sync_universe", "--from-file", stdout=io.StringIO())
     instrument = Instrument.objects.get(symbol="BTC/USD")
     Candle.objects.filter(instrument=instrument).delete()
 

@@ -111,17 +111,16 @@ def tamper_bypassing_triggers(sql: str, params=()) -> None:
 @pytest.fixture
 def universe(db):
     """BTC/USD, ETH/USD and SOL/USD from the committed AssetPairs snapshot, keyed by symbol."""
-    import json
+    return load_snapshot_universe()
 
-    from governance.actors import SystemActor
-    from trading.management.commands.sync_universe import SNAPSHOT
+
+def load_snapshot_universe() -> dict:
+    """What ``manage.py sync_universe --from-file`` loads (the operator's offline path), keyed by symbol."""
+    from io import StringIO
+
+    from django.core.management import call_command
+
     from trading.models import Instrument
-    from trading.services import universe_sync
 
-    universe_sync(
-        actor=SystemActor("tests"),
-        answer=json.loads(SNAPSHOT.read_text()),
-        source="file:snapshot",
-        delist_missing=False,
-    )
+    call_command("sync_universe", "--from-file", stdout=StringIO())
     return {instrument.symbol: instrument for instrument in Instrument.objects.all()}

@@ -1,27 +1,19 @@
 """On PostgreSQL, writers of one candle series take turns (the precedence rules see what is stored)."""
 
-import json
 import threading
 
 import pytest
 from django.db import connection, connections, transaction
 
-from governance.actors import SystemActor
+from tests.conftest import load_snapshot_universe
 from tests.trading.test_candles import bar
-from trading.management.commands.sync_universe import SNAPSHOT
-from trading.models import Candle, Instrument
-from trading.services import CANDLE_LOCK_NAMESPACE, candles_upsert, universe_sync
+from trading.models import Candle
+from trading.services import CANDLE_LOCK_NAMESPACE, candles_upsert
 
 
 @pytest.mark.postgres
 def test_a_writer_waits_for_the_series_lock(audit_transactional_db):
-    universe_sync(
-        actor=SystemActor("tests"),
-        answer=json.loads(SNAPSHOT.read_text()),
-        source="test",
-        delist_missing=False,
-    )
-    btc = Instrument.objects.get(symbol="BTC/USD")
+    btc = load_snapshot_universe()["BTC/USD"]
     done = threading.Event()
 
     def writer():
