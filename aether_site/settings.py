@@ -40,6 +40,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_prometheus",
     "simple_history",
+    "django_celery_beat",
     "accounts",
     "governance",
     "trading",
@@ -152,6 +153,28 @@ if REDIS_URL:
     }
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+# --- Celery (tasks, worker, beat) --------------------------------------------------------------------------
+
+# With REDIS_URL the broker is Redis. In embedded mode (no REDIS_URL) it is kombu's filesystem transport
+# under var/celery: a real broker that a worker and beat on this machine share, so embedded mode runs the
+# same task code as production without any service. CELERY_BROKER_URL overrides both.
+CELERY_EMBEDDED_DIR = VAR_DIR / "celery"
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", REDIS_URL or "filesystem://")
+if CELERY_BROKER_URL == "filesystem://":
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(CELERY_EMBEDDED_DIR / "queue"),
+        "data_folder_out": str(CELERY_EMBEDDED_DIR / "queue"),
+        "processed_folder": str(CELERY_EMBEDDED_DIR / "processed"),
+        "store_processed": False,
+    }
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TIMEZONE = "UTC"
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_TASK_DEFAULT_QUEUE = "trading"
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
 # --- Market data ------------------------------------------------------------------------------------------
 
