@@ -20,7 +20,6 @@ from django.db import OperationalError
 from governance.models import AuditEvent
 from tests.fakes.kraken_ws import FakeKrakenWS
 from trading import kraken_pairs
-from trading import services as trading_services
 from trading.candles import CandleRow, make_row
 from trading.marketdata import feed_service
 from trading.marketdata.feed import (
@@ -38,6 +37,7 @@ from trading.marketdata.kraken_ws import Backoff, KrakenWSSource, ReconnectPolic
 from trading.marketdata.kraken_ws_messages import OhlcCloser
 from trading.models import Candle, FeedStatus
 from trading.selectors import closed_candles
+from trading.services import market as trading_services
 
 RECORDED = Path(__file__).resolve().parents[3] / "shared" / "data" / "kraken" / "recorded_2026-09.json"
 needs_recording = pytest.mark.skipif(
