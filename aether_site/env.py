@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
@@ -75,6 +76,24 @@ class Env:
             raise SettingsError(f"{name}={value!r}: expected a whole number.") from None
         if minimum is not None and number < minimum:
             raise SettingsError(f"{name}={number}: must be at least {minimum}.")
+        return number
+
+    def decimal(
+        self, name: str, default: str, *, minimum: str | None = None, maximum: str | None = None
+    ) -> Decimal:
+        """A decimal number (money, percentages): never a float."""
+        value = self.raw(name)
+        text = default if value is None or value.strip() == "" else value.strip()
+        try:
+            number = Decimal(text)
+        except InvalidOperation:
+            raise SettingsError(f"{name}={value!r}: expected a decimal number.") from None
+        if not number.is_finite():
+            raise SettingsError(f"{name}={value!r}: expected a finite decimal number.")
+        if minimum is not None and number < Decimal(minimum):
+            raise SettingsError(f"{name}={number}: must be at least {minimum}.")
+        if maximum is not None and number > Decimal(maximum):
+            raise SettingsError(f"{name}={number}: must be at most {maximum}.")
         return number
 
     def list(self, name: str, default: list[str] | None = None) -> list[str]:
