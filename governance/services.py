@@ -22,6 +22,19 @@ def _lock_chain_head() -> None:
     advisory_xact_lock(AUDIT_CHAIN_LOCK_KEY)
 
 
+def _share_referenced_rows(connection, account, user) -> None:
+    """Take now the row locks the event's foreign keys will take at insert (PostgreSQL's FOR KEY SHARE on
+    the account and the user), so they come before the chain lock. Otherwise a writer holding the chain
+    could wait for an account another writer holds FOR UPDATE while that writer waits for the chain."""
+    if connection.vendor != "postgresql":
+        return  # SQLite has no row locks: one writer at a time
+    with connection.cursor() as cursor:
+        for row in (account, user):
+            if row is not None and row.pk is not None:
+                table = connection.ops.quote_name(row._meta.db_table)
+                cursor.execute(f"SELECT 1 FROM {table} WHERE id = %s FOR KEY SHARE", [row.pk])  # noqa: S608
+
+
 def audit_record(
     *,
     actor,
@@ -47,11 +60,12 @@ def audit_record(
     details_json = canonical_details(details)
     label = actor_label(actor)
 
+    user = actor_user(actor)
+    _share_referenced_rows(connection, account, user)
     _lock_chain_head()
     head = AuditEvent.objects.order_by("-seq").values_list("seq", "hash").first()
     seq, prev_hash = (head[0] + 1, head[1]) if head else (1, GENESIS_HASH)
 
-    user = actor_user(actor)
     record = ChainRecord(
         seq=seq,
         created_at=event_time(timezone.now()),
