@@ -130,3 +130,247 @@ class AccountFeeTier(AccountOwned):
 
     def __str__(self) -> str:
         return f"{self.account} {self.instrument}: maker {self.maker_pct}% / taker {self.taker_pct}%"
+
+
+# --------------------------------------------------------------------------------------------------
+# Order management. Every row below belongs to one account, and every book (orders, fills, positions,
+# balances, trades) is kept per broker: ``sim`` rows are the simulated book, ``kraken`` rows mirror the
+# exchange. An account reads the book of its current mode; switching mode never mixes the two.
+# --------------------------------------------------------------------------------------------------
+
+MONEY = {"max_digits": 30, "decimal_places": 12}
+
+
+class BrokerName(models.TextChoices):
+    SIM = "sim", "simulated"
+    KRAKEN = "kraken", "Kraken"
+
+
+class Side(models.TextChoices):
+    BUY = "buy"
+    SELL = "sell"
+
+
+class OrderType(models.TextChoices):
+    MARKET = "market"
+    LIMIT = "limit"
+    STOP_LOSS = "stop-loss"
+    TAKE_PROFIT = "take-profit"
+
+
+class OrderStatus(models.TextChoices):
+    NEW = "NEW", "new (committed, not yet sent)"
+    SUBMITTED = "SUBMITTED", "submitted (sent, no answer yet)"
+    OPEN = "OPEN", "open"
+    PARTIALLY_FILLED = "PARTIALLY_FILLED", "partially filled"
+    FILLED = "FILLED", "filled"
+    CANCELED = "CANCELED", "canceled"
+    REJECTED = "REJECTED", "rejected"
+    UNKNOWN = "UNKNOWN", "unknown (awaiting reconciliation)"
+
+
+#: Statuses an order never leaves.
+FINAL_STATUSES = frozenset({OrderStatus.FILLED, OrderStatus.CANCELED, OrderStatus.REJECTED})
+#: Statuses of an order that may still execute on the exchange (and so holds a reservation).
+LIVE_STATUSES = frozenset(
+    {
+        OrderStatus.NEW,
+        OrderStatus.SUBMITTED,
+        OrderStatus.OPEN,
+        OrderStatus.PARTIALLY_FILLED,
+        OrderStatus.UNKNOWN,
+    }
+)
+
+
+class Order(AccountOwned):
+    """One intent to trade, committed before any network call. ``client_order_id`` is sent to Kraken as
+    ``cl_ord_id`` so the order can always be found again; a retry with the same id returns this row."""
+
+    account = models.ForeignKey("accounts.Account", on_delete=models.PROTECT, related_name="orders")
+    client_order_id = models.CharField(max_length=36, unique=True)
+    kraken_order_id = models.CharField(
+        max_length=40, blank=True, db_index=True, help_text="Kraken's txid (a SIM-O id when simulated)"
+    )
+    broker = models.CharField(max_length=8, choices=BrokerName.choices)
+    instrument = models.ForeignKey(Instrument, on_delete=models.PROTECT, related_name="+")
+    side = models.CharField(max_length=4, choices=Side.choices)
+    order_type = models.CharField(max_length=12, choices=OrderType.choices)
+    quantity = models.DecimalField(**MONEY, help_text="in the base asset")
+    limit_price = models.DecimalField(**MONEY, null=True, blank=True)
+    stop_price = models.DecimalField(
+        **MONEY, null=True, blank=True, help_text="trigger price of a stop-loss or take-profit order"
+    )
+    status = models.CharField(max_length=16, choices=OrderStatus.choices, default=OrderStatus.NEW)
+    status_reason = models.TextField(blank=True, help_text="why it was rejected, canceled or is unknown")
+    filled_quantity = models.DecimalField(**MONEY, default=0)
+    average_fill_price = models.DecimalField(**MONEY, null=True, blank=True)
+    fees_paid = models.DecimalField(**MONEY, default=0, help_text="in USD")
+    reserved_asset = models.CharField(
+        max_length=12, blank=True, help_text="USD for a buy, the base for a sell"
+    )
+    reserved_amount = models.DecimalField(
+        **MONEY, default=0, help_text="still held while the order may execute"
+    )
+    reason = models.TextField(blank=True, help_text="why it was placed (strategy, exit, hedge, director)")
+    placed_by = models.CharField(max_length=120, help_text="user:<name> or system:<component>")
+    placed_by_user = models.ForeignKey(
+        "accounts.User", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    submitted_at = models.DateTimeField(null=True, blank=True)
+    closed_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["account", "broker", "status"], name="order_account_broker_status")]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(quantity__gt=0), name="order_quantity_positive"),
+            models.CheckConstraint(
+                condition=models.Q(filled_quantity__gte=0)
+                & models.Q(filled_quantity__lte=models.F("quantity")),
+                name="order_filled_within_quantity",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(reserved_amount__gte=0), name="order_reserved_nonnegative"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.side} {self.quantity} {self.instrument} {self.order_type} [{self.status}]"
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+
+class Liquidity(models.TextChoices):
+    MAKER = "maker"
+    TAKER = "taker"
+
+
+class Fill(AccountOwned):
+    """One execution of an order: price, quantity, fee, and the realised PnL it produced."""
+
+    account = models.ForeignKey("accounts.Account", on_delete=models.PROTECT, related_name="fills")
+    order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="fills")
+    broker = models.CharField(max_length=8, choices=BrokerName.choices)
+    instrument = models.ForeignKey(Instrument, on_delete=models.PROTECT, related_name="+")
+    side = models.CharField(max_length=4, choices=Side.choices)
+    trade_id = models.CharField(max_length=40, help_text="Kraken's trade id (a SIM- id when simulated)")
+    price = models.DecimalField(**MONEY)
+    quantity = models.DecimalField(**MONEY)
+    fee = models.DecimalField(**MONEY)
+    fee_currency = models.CharField(max_length=12)
+    liquidity = models.CharField(max_length=5, choices=Liquidity.choices)
+    executed_at = models.DateTimeField()
+    realised_pnl = models.DecimalField(
+        **MONEY, default=0, help_text="net of fees; a sell closes at average cost"
+    )
+    position_after = models.DecimalField(**MONEY, help_text="position quantity after this fill")
+    recorded_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-executed_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["account", "broker", "trade_id"], name="fill_unique_trade"),
+            models.CheckConstraint(
+                condition=models.Q(price__gt=0) & models.Q(quantity__gt=0) & models.Q(fee__gte=0),
+                name="fill_values_sane",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.side} {self.quantity} {self.instrument} @ {self.price}"
+
+
+class Position(AccountOwned):
+    """The holding of one pair's base asset in one book. Spot only: never negative."""
+
+    account = models.ForeignKey("accounts.Account", on_delete=models.PROTECT, related_name="positions")
+    broker = models.CharField(max_length=8, choices=BrokerName.choices)
+    instrument = models.ForeignKey(Instrument, on_delete=models.PROTECT, related_name="+")
+    quantity = models.DecimalField(**MONEY, default=0)
+    average_cost = models.DecimalField(**MONEY, default=0, help_text="USD per unit, buy fees included")
+    realised_pnl = models.DecimalField(**MONEY, default=0, help_text="USD, net of fees, since the first fill")
+    opened_at = models.DateTimeField(null=True, blank=True, help_text="start of the current round trip")
+    # The current round trip, accumulated fill by fill; a Trade is written from them when it closes.
+    trip_max_quantity = models.DecimalField(**MONEY, default=0)
+    trip_bought = models.DecimalField(**MONEY, default=0)
+    trip_buy_notional = models.DecimalField(**MONEY, default=0, help_text="USD, before fees")
+    trip_sold = models.DecimalField(**MONEY, default=0)
+    trip_sell_notional = models.DecimalField(**MONEY, default=0, help_text="USD, before fees")
+    trip_fees = models.DecimalField(**MONEY, default=0, help_text="USD, buys and sells")
+    trip_buy_fees = models.DecimalField(**MONEY, default=0, help_text="USD")
+    trip_realised_pnl = models.DecimalField(**MONEY, default=0, help_text="USD, net of fees")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["account", "broker", "instrument"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["account", "broker", "instrument"], name="position_unique_account_broker_instrument"
+            ),
+            models.CheckConstraint(condition=models.Q(quantity__gte=0), name="position_never_short"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.account} {self.instrument}: {self.quantity} @ {self.average_cost}"
+
+
+class Balance(AccountOwned):
+    """An asset held in one book. ``reserved`` is what open orders hold; it never exceeds ``total``."""
+
+    account = models.ForeignKey("accounts.Account", on_delete=models.PROTECT, related_name="balances")
+    broker = models.CharField(max_length=8, choices=BrokerName.choices)
+    asset = models.CharField(max_length=12, help_text="common code: USD, BTC, ETH…")
+    total = models.DecimalField(**MONEY, default=0)
+    reserved = models.DecimalField(**MONEY, default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["account", "broker", "asset"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["account", "broker", "asset"], name="balance_unique_account_broker_asset"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(total__gte=0)
+                & models.Q(reserved__gte=0)
+                & models.Q(reserved__lte=models.F("total")),
+                name="balance_never_negative",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.account} {self.asset}: {self.total} ({self.reserved} reserved)"
+
+    @property
+    def available(self):
+        return self.total - self.reserved
+
+
+class Trade(AccountOwned):
+    """A closed round trip: from the first buy of a flat position to the sell that makes it flat again."""
+
+    account = models.ForeignKey("accounts.Account", on_delete=models.PROTECT, related_name="trades")
+    broker = models.CharField(max_length=8, choices=BrokerName.choices)
+    instrument = models.ForeignKey(Instrument, on_delete=models.PROTECT, related_name="+")
+    opened_at = models.DateTimeField()
+    closed_at = models.DateTimeField()
+    quantity = models.DecimalField(**MONEY, help_text="largest quantity held during the round trip")
+    entry_price = models.DecimalField(**MONEY, help_text="average buy price, before fees")
+    exit_price = models.DecimalField(**MONEY, help_text="average sell price, before fees")
+    fees = models.DecimalField(**MONEY, help_text="USD, buys and sells")
+    net_pnl = models.DecimalField(**MONEY, help_text="USD, after all fees")
+    return_pct = models.DecimalField(max_digits=20, decimal_places=8, help_text="net PnL over cost, in %")
+    closing_fill = models.OneToOneField(Fill, on_delete=models.PROTECT, related_name="closed_trade")
+
+    class Meta:
+        ordering = ["-closed_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.instrument} closed {self.closed_at:%Y-%m-%d %H:%M}: {self.net_pnl} USD"
