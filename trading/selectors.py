@@ -106,3 +106,32 @@ def pair_staleness(*, now=None) -> dict[str, tuple[bool, float | None]]:
         stale = status is None or status.stale or last is None or now - last > limit
         result[symbol] = (stale, age)
     return result
+
+
+def fills_for_export(*, account, since, broker: str | None = None):
+    """An account's fills since ``since``, oldest first, with their order and pair."""
+    from trading.models import Fill
+
+    fills = Fill.objects.filter(account=account, executed_at__gte=since).select_related("order", "instrument")
+    if broker:
+        fills = fills.filter(broker=broker)
+    return fills.order_by("executed_at", "pk")
+
+
+def pair_rules_for(instrument: Instrument):
+    """An instrument's Kraken rules as the broker interface carries them (``brokers.base.PairRules``)."""
+    from trading.brokers.base import PairRules
+
+    return PairRules(
+        symbol=instrument.symbol,
+        kraken_pair=instrument.kraken_pair,
+        base_asset=instrument.base_asset,
+        quote_asset=instrument.symbol.partition("/")[2],
+        ordermin=instrument.ordermin,
+        costmin=instrument.costmin,
+        tick_size=instrument.tick_size,
+        pair_decimals=instrument.pair_decimals,
+        lot_decimals=instrument.lot_decimals,
+        cost_decimals=instrument.cost_decimals,
+        status=instrument.status,
+    )
