@@ -17,7 +17,12 @@ What it reproduces
   ``OpenOrders``, ``ClosedOrders``, ``TradesHistory``, ``QueryTrades``.
 * A tiny matching model: market orders fill at the current ticker (buy at ask, sell at bid, taker fee);
   limit orders that cross the ticker fill at once as taker, others rest (holding funds) until
-  :meth:`FakeKraken.cross` or :meth:`FakeKraken.fill` fills them as maker. Fees follow
+  :meth:`FakeKraken.cross` or :meth:`FakeKraken.fill` fills them as maker. ``stop-loss`` and
+  ``take-profit`` orders take their trigger as ``price`` and rest (holding funds) until the last price
+  reaches it — at entry, or when :meth:`FakeKraken.set_price`/:meth:`FakeKraken.cross` moves it there —
+  then fill in full as taker at the touch, like a market order. A stop-loss sell triggers at or below its
+  price, a stop-loss buy at or above; a take-profit sell at or above, a take-profit buy at or below.
+  Fees follow
   :data:`FEE_SCHEDULE` by the key's 30-day volume, or a per-key override, and are charged in the quote
   currency.
 * Any margin parameter (``leverage``, ``reduce_only``, anything named ``*margin*``, ``settle-position``) on
@@ -25,7 +30,8 @@ What it reproduces
 * A request log (:meth:`FakeKraken.requests`, :meth:`FakeKraken.private_trading_calls`) and fault
   injection for the next N calls of an endpoint (:meth:`FakeKraken.inject`, :class:`Fault`).
 
-Limitations (on purpose): only ``market`` and ``limit`` order types; no ``viqc`` (answered with Kraken's
+Limitations (on purpose): only ``market``, ``limit``, ``stop-loss`` and ``take-profit`` order types (no
+``*-limit`` or trailing variants, no ``trigger=index``); no ``viqc`` (answered with Kraken's
 ``EGeneral:Invalid arguments:viqc``); fees always in the quote currency; ``EditOrder``, ``AmendOrder``,
 ``AddOrderBatch``, ``CancelOrderBatch``, ``CancelAllOrdersAfter`` and any other method answer
 ``EGeneral:Unknown method`` (they are still logged, and margin parameters on them still refused);
@@ -124,6 +130,9 @@ TRADING_ENDPOINTS = frozenset(
 
 _MARGIN_PARAM_NAMES = frozenset({"leverage", "reduce_only", "reduceonly", "margin", "margin_mode"})
 _MARGIN_ORDER_TYPES = frozenset({"settle-position"})
+_TRIGGER_ORDER_TYPES = frozenset({"stop-loss", "take-profit"})
+_PRICED_ORDER_TYPES = frozenset({"limit"}) | _TRIGGER_ORDER_TYPES
+_ORDER_TYPES = frozenset({"market"}) | _PRICED_ORDER_TYPES
 _OFLAGS = frozenset({"post", "fcib", "fciq", "nompp", "viqc"})
 _TIME_IN_FORCE = frozenset({"GTC", "IOC", "GTD"})
 _ID_ALPHABET = string.ascii_uppercase + string.digits
@@ -481,6 +490,14 @@ def _margin_params(params: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(found))
 
 
+def _triggered(order: FakeOrder, last: Decimal) -> bool:
+    """Whether the last price has reached the trigger (``price``) of a resting stop-loss/take-profit."""
+    if order.ordertype not in _TRIGGER_ORDER_TYPES or order.price is None:
+        return False
+    falling_trigger = (order.ordertype == "stop-loss") == (order.side == "sell")
+    return last <= order.price if falling_trigger else last >= order.price
+
+
 def _csv(value: Any) -> list[str]:
     return [part.strip() for part in str(value).split(",") if part.strip()]
 
@@ -697,7 +714,9 @@ class FakeKraken:
     # ---------------------------------------------------------------- market data
 
     def set_price(self, pair: str, last: Any, *, bid: Any = None, ask: Any = None) -> None:
-        """Move the ticker (no fills: see :meth:`cross`). ``bid``/``ask`` default to ``last``."""
+        """Move the ticker. Resting limit orders do not fill (see :meth:`cross`); stop-loss and
+        take-profit orders whose trigger the new last price reaches fill as taker at the new touch.
+        ``bid``/``ask`` default to ``last``."""
         with self._lock:
             pair_id = self._pair(pair).id
             last_d = _dec(last)
@@ -710,6 +729,14 @@ class FakeKraken:
             quote.ask = _dec(ask) if ask is not None else last_d
             quote.high = max(quote.high, last_d)
             quote.low = min(quote.low, last_d)
+            self._trigger_resting(pair_id, quote)
+
+    def _trigger_resting(self, pair_id: str, quote: _Quote) -> None:
+        for account in self._accounts.values():
+            for order in list(account.orders.values()):
+                if order.status == "open" and order.pair == pair_id and _triggered(order, quote.last):
+                    touch = quote.ask if order.side == "buy" else quote.bid
+                    self._execute(account, order, order.remaining, touch, maker=False)
 
     def price(self, pair: str) -> Decimal | None:
         with self._lock:
@@ -727,7 +754,7 @@ class FakeKraken:
             filled = []
             for account in self._accounts.values():
                 for order in list(account.orders.values()):
-                    if order.status != "open" or order.pair != pair_id or order.price is None:
+                    if order.status != "open" or order.pair != pair_id or order.ordertype != "limit":
                         continue
                     crossed = order.price >= price_d if order.side == "buy" else order.price <= price_d
                     if crossed:
@@ -1127,7 +1154,7 @@ class FakeKraken:
             raise _Failure(KrakenError.INVALID_VOLUME)
         pair = self._pair_or_fail(str(params["pair"]))
         side, ordertype = str(params["type"]), str(params["ordertype"])
-        if side not in {"buy", "sell"} or ordertype not in {"market", "limit"}:
+        if side not in {"buy", "sell"} or ordertype not in _ORDER_TYPES:
             raise _Failure(KrakenError.INVALID_ARGUMENTS)
         oflags = tuple(_csv(params.get("oflags", "")))
         if any(flag not in _OFLAGS for flag in oflags) or {"fcib", "fciq"} <= set(oflags):
@@ -1137,7 +1164,7 @@ class FakeKraken:
         self._check_pair_status(pair, ordertype, oflags)
         volume = self._positive_decimal(params["volume"], KrakenError.INVALID_VOLUME)
         price = None
-        if ordertype == "limit":
+        if ordertype in _PRICED_ORDER_TYPES:
             if not params.get("price"):
                 raise _Failure(KrakenError.INVALID_PRICE)
             price = self._positive_decimal(params["price"], KrakenError.INVALID_PRICE)
@@ -1186,6 +1213,11 @@ class FakeKraken:
         if order.ordertype == "market":
             assert touch is not None
             self._execute(account, order, order.volume, touch, maker=False)
+            return
+        if order.ordertype in _TRIGGER_ORDER_TYPES:
+            if quote is not None and _triggered(order, quote.last):
+                assert touch is not None
+                self._execute(account, order, order.volume, touch, maker=False)
             return
         assert order.price is not None
         crosses = touch is not None and (
@@ -1442,7 +1474,11 @@ class FakeKraken:
             "cost": _fmt(order.cost, pair.cost_decimals),
             "fee": _fmt(order.fee, pair.cost_decimals),
             "price": _fmt(average, pair.pair_decimals) if average is not None else "0.00000",
-            "stopprice": "0.00000",
+            "stopprice": (
+                _fmt(order.price, pair.pair_decimals)
+                if order.ordertype in _TRIGGER_ORDER_TYPES and order.price is not None
+                else "0.00000"
+            ),
             "limitprice": "0.00000",
             "misc": "",
             "oflags": ",".join(order.oflags),

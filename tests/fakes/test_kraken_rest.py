@@ -601,3 +601,101 @@ def test_margin_parameters_in_a_json_batch_are_refused(fake_kraken, trader):
         "AddOrderBatch",
         "EditOrder",
     ]
+
+
+# ------------------------------------------------------------------------------- trigger order types
+
+
+def add_order(fake: FakeKraken, creds: Credentials, nonce: int, **params) -> dict:
+    return signed_post(fake, creds, "AddOrder", {"pair": "XBTUSD", **params}, nonce=nonce)
+
+
+def test_stop_loss_rests_until_the_last_price_falls_to_its_trigger(fake_kraken, trader):
+    fake_kraken.set_price(BTC_USD, "84000", bid="83990", ask="84010")
+    answer = add_order(
+        fake_kraken,
+        trader,
+        10,
+        type="sell",
+        ordertype="stop-loss",
+        volume="0.5",
+        price="80000",
+        oflags="fciq",
+    )
+    (txid,) = answer["result"]["txid"]
+    assert answer["result"]["descr"]["order"] == "sell 0.50000000 XBTUSD @ stop-loss 80000.0"
+    fake_kraken.set_price(BTC_USD, "80000.1")
+    assert fake_kraken.order(txid).status == "open"
+    held = signed_post(fake_kraken, trader, "BalanceEx", {}, nonce=11)["result"]["XXBT"]["hold_trade"]
+    assert Decimal(held) == Decimal("0.5")
+    info = signed_post(fake_kraken, trader, "OpenOrders", {}, nonce=12)["result"]["open"][txid]
+    assert (info["descr"]["ordertype"], info["descr"]["price"], info["stopprice"]) == (
+        "stop-loss",
+        "80000.0",
+        "80000.0",
+    )
+
+    fake_kraken.set_price(BTC_USD, "79950", bid="79940", ask="79960")  # triggered: sells at the bid
+    order = fake_kraken.order(txid)
+    assert (order.status, order.vol_exec, order.average_price) == ("closed", Decimal("0.5"), Decimal("79940"))
+    (trade,) = fake_kraken.trades(trader.api_key)
+    assert (trade.maker, trade.price, trade.fee) == (False, Decimal("79940"), Decimal("159.8800"))  # 0.40 %
+
+
+def test_take_profit_triggers_on_cross_and_buy_side_directions_are_mirrored(fake_kraken, trader):
+    fake_kraken.set_price(BTC_USD, "84000")
+    sell_tp = add_order(
+        fake_kraken, trader, 20, type="sell", ordertype="take-profit", volume="0.1", price="90000"
+    )
+    buy_tp = add_order(
+        fake_kraken, trader, 21, type="buy", ordertype="take-profit", volume="0.1", price="80000"
+    )
+    buy_sl = add_order(
+        fake_kraken, trader, 22, type="buy", ordertype="stop-loss", volume="0.1", price="88000"
+    )
+    sell_tp, buy_tp, buy_sl = (answer["result"]["txid"][0] for answer in (sell_tp, buy_tp, buy_sl))
+
+    assert fake_kraken.cross(BTC_USD, "88500") == []  # cross fills limits only; stops trigger on the price
+    assert [fake_kraken.order(t).status for t in (sell_tp, buy_tp, buy_sl)] == ["open", "open", "closed"]
+    fake_kraken.set_price(BTC_USD, "90000")
+    assert fake_kraken.order(sell_tp).status == "closed"
+    fake_kraken.set_price(BTC_USD, "79999")
+    assert fake_kraken.order(buy_tp).status == "closed"
+    assert fake_kraken.order(buy_tp).average_price == Decimal("79999")
+
+
+def test_a_trigger_already_reached_at_entry_fills_at_once(fake_kraken, trader):
+    fake_kraken.set_price(BTC_USD, "84000", bid="83990", ask="84010")
+    answer = add_order(
+        fake_kraken, trader, 30, type="sell", ordertype="stop-loss", volume="0.1", price="85000"
+    )
+    order = fake_kraken.order(answer["result"]["txid"][0])
+    assert (order.status, order.average_price) == ("closed", Decimal("83990"))
+
+
+def test_trigger_orders_need_a_price_and_limits_still_rest_on_set_price(fake_kraken, trader):
+    missing = add_order(fake_kraken, trader, 40, type="sell", ordertype="stop-loss", volume="0.1")
+    assert missing == {"error": [KrakenError.INVALID_PRICE]}
+    unknown = add_order(
+        fake_kraken, trader, 41, type="sell", ordertype="stop-loss-limit", volume="0.1", price="1"
+    )
+    assert unknown == {"error": [KrakenError.INVALID_ARGUMENTS]}
+    resting = add_order(fake_kraken, trader, 42, type="buy", ordertype="limit", volume="0.1", price="70000")
+    fake_kraken.set_price(BTC_USD, "69000")
+    assert fake_kraken.order(resting["result"]["txid"][0]).status == "open"  # only cross() fills limits
+
+
+def test_closed_and_open_orders_filter_by_cl_ord_id(fake_kraken, trader):
+    add_order(
+        fake_kraken, trader, 50, type="buy", ordertype="limit", volume="0.1", price="70000", cl_ord_id="a-1"
+    )
+    add_order(
+        fake_kraken, trader, 51, type="buy", ordertype="limit", volume="0.1", price="70000", cl_ord_id="a-2"
+    )
+    add_order(fake_kraken, trader, 52, type="buy", ordertype="market", volume="0.01", cl_ord_id="a-3")
+    open_ = signed_post(fake_kraken, trader, "OpenOrders", {"cl_ord_id": "a-2"}, nonce=53)["result"]["open"]
+    assert [info["cl_ord_id"] for info in open_.values()] == ["a-2"]
+    closed = signed_post(fake_kraken, trader, "ClosedOrders", {"cl_ord_id": "a-3"}, nonce=54)["result"]
+    assert ([info["cl_ord_id"] for info in closed["closed"].values()], closed["count"]) == (["a-3"], 1)
+    none = signed_post(fake_kraken, trader, "ClosedOrders", {"cl_ord_id": "a-1"}, nonce=55)["result"]
+    assert none == {"closed": {}, "count": 0}
