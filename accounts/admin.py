@@ -1,16 +1,21 @@
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.contrib.admin.utils import unquote
 from django.contrib.auth.admin import UserAdmin
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.http import HttpResponseRedirect
 from django.shortcuts import redirect
+from django.template.response import TemplateResponse
 from simple_history.admin import SimpleHistoryAdmin
 
 from accounts import services
-from accounts.admin_scoping import AccountScopedAdminMixin
-from accounts.models import Account, Membership, User
-from accounts.selectors import user_can
+from accounts.admin_scoping import AccountScopedAdminMixin, ReadOnlyAdminMixin
+from accounts.credential_services import is_director, kraken_credentials_validate
+from accounts.credentials import CredentialError
+from accounts.models import Account, KrakenCredential, Membership, User
+from accounts.selectors import user_can, user_has_role_anywhere
+from trading.services.mode import account_set_simulation
 
 
 class ScopedHistoryAdmin(AccountScopedAdminMixin, SimpleHistoryAdmin):
@@ -48,7 +53,7 @@ class AccountAdmin(ScopedHistoryAdmin):
     list_filter = ("kind", "simulation_mode", "trading_enabled")
     search_fields = ("name", "slug")
     ordering = ("name",)
-    actions = ("enable_trading", "disable_trading")
+    actions = ("enable_trading", "disable_trading", "switch_to_simulation", "switch_to_live")
 
     def has_add_permission(self, request):
         return request.user.is_active and request.user.is_superuser
@@ -104,6 +109,56 @@ class AccountAdmin(ScopedHistoryAdmin):
     @admin.action(description="Disable trading (no new positions)", permissions=["change"])
     def disable_trading(self, request, queryset):
         self._set_trading(request, queryset, False)
+
+    @admin.action(description="Switch to simulation", permissions=["change"])
+    def switch_to_simulation(self, request, queryset):
+        for account in queryset:
+            try:
+                result = account_set_simulation(account=account, enabled=True, actor=request.user)
+            except (PermissionDenied, ValidationError) as exc:
+                _report(self, request, exc)
+                continue
+            self.message_user(
+                request, result.message, messages.WARNING if result.open_live_orders else messages.INFO
+            )
+
+    @admin.action(description="Switch to live trading on Kraken…", permissions=["change"])
+    def switch_to_live(self, request, queryset):
+        """One account at a time, through a confirmation page where the director types the slug."""
+        accounts = list(queryset[:2])
+        if len(accounts) != 1:
+            self.message_user(
+                request, "Select exactly one account to switch to live trading.", messages.ERROR
+            )
+            return None
+        account = accounts[0]
+        if not is_director(request.user, account):
+            self.message_user(
+                request, f"Only a director of {account} may turn live trading on.", messages.ERROR
+            )
+            return None
+        if request.POST.get("post") == "yes":
+            try:
+                result = account_set_simulation(
+                    account=account,
+                    enabled=False,
+                    actor=request.user,
+                    confirm=request.POST.get("confirm_slug", ""),
+                )
+            except (PermissionDenied, ValidationError) as exc:
+                _report(self, request, exc)
+                return None
+            self.message_user(request, result.message, messages.SUCCESS)
+            return None
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Switch {account} to live trading",
+            "opts": self.model._meta,
+            "account": account,
+            "credential": KrakenCredential.objects.filter(account=account).first(),
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        }
+        return TemplateResponse(request, "admin/accounts/account/switch_to_live.html", context)
 
 
 @admin.register(Membership)
@@ -192,3 +247,50 @@ class AetherUserAdmin(SimpleHistoryAdmin, UserAdmin):
             if request.method == "POST" and response.status_code == 302:
                 services.user_password_changed(actor=request.user, user=User.objects.get(pk=unquote(id)))
         return response
+
+
+@admin.register(KrakenCredential)
+class KrakenCredentialAdmin(ReadOnlyAdminMixin, ScopedHistoryAdmin):
+    """Where each account's Kraken key is kept and what Kraken last said about it; never the key. Keys are
+    set with ``manage.py set_kraken_key`` (read from standard input)."""
+
+    list_display = (
+        "account",
+        "store",
+        "fingerprint",
+        "validation_ok",
+        "validated_at",
+        "validation_message",
+        "updated_at",
+    )
+    list_filter = ("store", "validation_ok")
+    search_fields = ("account__name", "account__slug", "fingerprint")
+    list_select_related = ("account",)
+    fields = (
+        "account",
+        "store",
+        "reference",
+        "fingerprint",
+        "validation_ok",
+        "validated_at",
+        "validation_message",
+        "created_at",
+        "updated_at",
+    )
+    readonly_fields = fields
+    actions = ("revalidate",)
+
+    def has_validate_permission(self, request) -> bool:
+        return user_has_role_anywhere(user=request.user, action="change")
+
+    @admin.action(description="Check the key with Kraken now", permissions=["validate"])
+    def revalidate(self, request, queryset):
+        for credential in queryset.select_related("account"):
+            try:
+                checked = kraken_credentials_validate(account=credential.account, actor=request.user)
+            except (PermissionDenied, CredentialError) as exc:
+                _report(self, request, exc)
+                continue
+            verdict = "accepted" if checked.validation_ok else f"refused: {checked.validation_message}"
+            level = messages.INFO if checked.validation_ok else messages.ERROR
+            self.message_user(request, f"{credential.account}: key {checked.fingerprint} {verdict}", level)

@@ -84,3 +84,38 @@ class Membership(AccountOwned):
 
     def __str__(self) -> str:
         return f"{self.user} — {self.get_role_display()} of {self.account}"
+
+
+class KrakenCredential(AccountOwned):
+    """Where an account's Kraken API key is kept, and what Kraken last said about it. The key itself lives
+    only in the credential store (``accounts/credentials.py``); this row holds its reference, a
+    non-reversible fingerprint and the last validation (a private ``Balance`` call)."""
+
+    class Store(models.TextChoices):
+        LOCAL = "local", "Local file (Fernet)"
+        KUBERNETES = "kubernetes", "Kubernetes Secret"
+
+    account = models.OneToOneField(Account, on_delete=models.PROTECT, related_name="kraken_credential")
+    store = models.CharField(max_length=16, choices=Store.choices)
+    reference = models.CharField(max_length=300, help_text="Where the store keeps the key (not the key).")
+    fingerprint = models.CharField(
+        max_length=16, help_text="First 16 hex digits of SHA-256 over key and secret; tells keys apart."
+    )
+    validated_at = models.DateTimeField(null=True, blank=True)
+    validation_ok = models.BooleanField(default=False)
+    validation_message = models.TextField(blank=True, help_text="Kraken's answer to the last check.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["account__name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(store__in=["local", "kubernetes"]), name="kraken_credential_store_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Kraken key {self.fingerprint} of {self.account}"

@@ -26,7 +26,7 @@ def _history_user(obj, actor) -> None:
 
 
 def _lock_account(account: Account) -> Account:
-    return Account.objects.select_for_update().get(pk=account.pk)
+    return Account.objects.select_for_update(no_key=True).get(pk=account.pk)
 
 
 def user_create(*, actor, username: str, email: str, password: str, is_staff: bool = True) -> User:

@@ -58,7 +58,26 @@ def production_problems(values: Mapping[str, Any], *, development_key: str | Non
         problems.append("METRICS_TOKEN must be set (/metrics is reachable by anyone who reaches a pod).")
     if "csp.middleware.CSPMiddleware" not in values["MIDDLEWARE"]:
         problems.append("CSP middleware (csp.middleware.CSPMiddleware) must be installed.")
+    problems.extend(credential_store_problems(values))
     return problems
+
+
+def credential_store_problems(values: Mapping[str, Any]) -> list[str]:
+    """Where Kraken keys are kept must be chosen explicitly in production, with what that store needs."""
+    store = values.get("AETHER_CREDENTIAL_STORE")
+    if not store:
+        return [
+            "AETHER_CREDENTIAL_STORE must be set: kubernetes (a Secret per account) or local "
+            "(Fernet-encrypted files, with KRAKEN_CREDENTIALS_KEY_FILE)."
+        ]
+    if store == "kubernetes" and not values.get("AETHER_K8S_NAMESPACE"):
+        return ["AETHER_CREDENTIAL_STORE=kubernetes needs AETHER_K8S_NAMESPACE (the platform's namespace)."]
+    if store == "local" and not values.get("KRAKEN_CREDENTIALS_KEY_FILE"):
+        return [
+            "AETHER_CREDENTIAL_STORE=local needs KRAKEN_CREDENTIALS_KEY_FILE (a Fernet key mounted as a "
+            "file)."
+        ]
+    return []
 
 
 def load_or_create_development_key(path) -> str:

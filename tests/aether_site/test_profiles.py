@@ -23,6 +23,8 @@ GOOD_PRODUCTION = {
     "REDIS_URL": "redis://redis.internal:6379/0",
     "ALLOWED_HOSTS": "aether.example.com",
     "METRICS_TOKEN": secrets.token_urlsafe(32),
+    "AETHER_CREDENTIAL_STORE": "kubernetes",
+    "AETHER_K8S_NAMESPACE": "aether",
 }
 
 
@@ -72,6 +74,9 @@ def test_production_profile_passes_the_deploy_check():
         ({"SECURE_HSTS_PRELOAD": "no"}, "SECURE_HSTS_PRELOAD"),
         ({"CSP_REPORT_ONLY": "true"}, "CSP must be enforced"),
         ({"METRICS_TOKEN": ""}, "METRICS_TOKEN must be set"),
+        ({"AETHER_CREDENTIAL_STORE": ""}, "AETHER_CREDENTIAL_STORE must be set"),
+        ({"AETHER_K8S_NAMESPACE": ""}, "needs AETHER_K8S_NAMESPACE"),
+        ({"AETHER_CREDENTIAL_STORE": "local"}, "needs KRAKEN_CREDENTIALS_KEY_FILE"),
     ],
 )
 def test_production_profile_refuses_insecure_settings(override, fragment):
@@ -102,7 +107,7 @@ def test_production_problems_lists_every_problem_at_once():
         "CONTENT_SECURITY_POLICY": None,
         "MIDDLEWARE": [],
     }
-    assert len(production_problems(values)) == 14
+    assert len(production_problems(values)) == 15  # the 15th: AETHER_CREDENTIAL_STORE unset
 
 
 @pytest.mark.parametrize(
@@ -121,7 +126,14 @@ def test_production_problems_lists_every_problem_at_once():
         ({"SECRET_KEY_FILE": ""}, ["SECRET_KEY_FILE is set but empty"]),
         ({"KRAKEN_WS_URL": "http://ws.example"}, ["KRAKEN_WS_URL", "ws://"]),
         ({"KRAKEN_API_URL": "api.kraken.com"}, ["KRAKEN_API_URL", "http://"]),
+        ({"KRAKEN_CREDENTIALS_KEY": "a-key"}, ["KRAKEN_CREDENTIALS_KEY", "as a file"]),
+        ({"KRAKEN_CREDENTIALS_KEY_FILE": "/nonexistent/key"}, ["KRAKEN_CREDENTIALS_KEY_FILE", "not found"]),
+        ({"AETHER_CREDENTIAL_STORE": "vault"}, ["AETHER_CREDENTIAL_STORE='vault'", "local, kubernetes"]),
         ({"DATABASE_URL": "postgres://aether:pa#ss@db:5432/aether", "AETHER_ENV": "prod"}, ["AETHER_ENV"]),
+        ({"ORDER_RESERVE_BUFFER_PCT": "lots"}, ["ORDER_RESERVE_BUFFER_PCT='lots'", "decimal number"]),
+        ({"SIM_SLIPPAGE_BPS": "-1"}, ["SIM_SLIPPAGE_BPS=-1", "at least 0"]),
+        ({"RECONCILE_GRACE_SECONDS": "30"}, ["RECONCILE_GRACE_SECONDS=30", "still being sent"]),
+        ({"KRAKEN_PRIVATE_LOCK_TTL_SECONDS": "5"}, ["KRAKEN_PRIVATE_LOCK_TTL_SECONDS", "outlive a call"]),
     ],
 )
 def test_bad_environment_values_are_one_clear_line(env, fragments):
