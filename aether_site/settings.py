@@ -175,6 +175,8 @@ CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TASK_DEFAULT_QUEUE = "trading"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# How often beat reconciles every account with its broker (aether_site/beat.py).
+RECONCILE_EVERY_SECONDS = env.int("RECONCILE_EVERY_SECONDS", 300, minimum=30)
 
 # --- Market data ------------------------------------------------------------------------------------------
 
@@ -207,6 +209,97 @@ if REDIS_URL:
     }
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# --- Learning ---------------------------------------------------------------------------------------------
+
+# Model artifacts (joblib files, each checked against its registered SHA-256 before loading). Several pods
+# must share this directory (a ReadWriteMany volume) so workers that train and pods that predict agree.
+LEARNING_ARTIFACT_ROOT = env.str("LEARNING_ARTIFACT_ROOT", str(VAR_DIR / "models"))
+# A candidate becomes champion only if its out-of-sample net Sharpe beats the champion's by this much.
+# A Sharpe ratio (analytics, so a float).
+LEARNING_PROMOTION_MARGIN = float(env.decimal("LEARNING_PROMOTION_MARGIN", "0.10", minimum="0", maximum="5"))
+LEARNING_MODEL_KIND = env.choice("LEARNING_MODEL_KIND", "hgb", ("hgb", "logistic"))
+LEARNING_HORIZON_BARS = env.int("LEARNING_HORIZON_BARS", 24, minimum=1)
+# How much history a scheduled retrain reads (the newest live candles included).
+LEARNING_HISTORY_DAYS = env.int("LEARNING_HISTORY_DAYS", 3 * 365, minimum=30)
+# Threshold adaptation: the last N trades, at least M of them, at most one change per interval.
+LEARNING_ADAPT_WINDOW = env.int("LEARNING_ADAPT_WINDOW", 30, minimum=1)
+LEARNING_ADAPT_MIN_TRADES = env.int("LEARNING_ADAPT_MIN_TRADES", 10, minimum=1)
+LEARNING_ADAPT_MIN_INTERVAL_HOURS = env.int("LEARNING_ADAPT_MIN_INTERVAL_HOURS", 24, minimum=0)
+
+# --- Credentials -----------------------------------------------------------------------------------------
+
+# Kraken API keys never go into the database (it holds a reference, a fingerprint and the last validation):
+# "kubernetes" keeps one Secret per account in AETHER_K8S_NAMESPACE (in-cluster config, or the kubeconfig in
+# AETHER_K8S_KUBECONFIG); "local" (embedded mode) keeps one Fernet-encrypted file (0600) per account in
+# KRAKEN_CREDENTIALS_DIR. Production must choose explicitly (see aether_site/security.py).
+AETHER_CREDENTIAL_STORE = (
+    env.choice("AETHER_CREDENTIAL_STORE", "" if PRODUCTION else "local", ("local", "kubernetes")) or None
+)
+AETHER_K8S_NAMESPACE = env.str("AETHER_K8S_NAMESPACE")
+AETHER_K8S_KUBECONFIG = env.str("AETHER_K8S_KUBECONFIG")
+KRAKEN_CREDENTIALS_DIR = env.str("KRAKEN_CREDENTIALS_DIR", str(VAR_DIR / "credentials"))
+# The Fernet key of the local store is only ever read from a file (a mounted secret), never from the
+# environment itself. In development, when unset, a key is generated once at KRAKEN_CREDENTIALS_DEV_KEY_FILE.
+if env.environ.get("KRAKEN_CREDENTIALS_KEY") is not None:
+    raise SettingsError(
+        "KRAKEN_CREDENTIALS_KEY: give the Fernet key as a file (KRAKEN_CREDENTIALS_KEY_FILE=/path), "
+        "not as a value."
+    )
+KRAKEN_CREDENTIALS_KEY_FILE = env.environ.get("KRAKEN_CREDENTIALS_KEY_FILE") or None
+if KRAKEN_CREDENTIALS_KEY_FILE is not None and not Path(KRAKEN_CREDENTIALS_KEY_FILE).is_file():
+    raise SettingsError(f"KRAKEN_CREDENTIALS_KEY_FILE={KRAKEN_CREDENTIALS_KEY_FILE}: file not found.")
+KRAKEN_CREDENTIALS_DEV_KEY_FILE = VAR_DIR / "dev-kraken-credentials.key"
+
+# --- Orders ---------------------------------------------------------------------------------------------
+
+# A market or stop buy reserves its quantity at the last price raised by this margin (plus the taker fee),
+# so a fill a little worse than the last price is still covered; a limit buy reserves at its limit.
+ORDER_RESERVE_BUFFER_PCT = env.decimal("ORDER_RESERVE_BUFFER_PCT", "2", minimum="0", maximum="50")
+# Reconciliation looks this far back for fills missing from the book. (RECONCILE_GRACE_SECONDS: below,
+# after the Kraken call settings it depends on.)
+RECONCILE_FILLS_LOOKBACK_DAYS = env.int("RECONCILE_FILLS_LOOKBACK_DAYS", 7, minimum=1)
+
+# --- Simulation -------------------------------------------------------------------------------------------
+
+# The simulator's slippage (trading/matching.py SlippageModel): a taker fill moves against the order by
+# SIM_SLIPPAGE_BPS basis points plus SIM_SLIPPAGE_IMPACT * bar volatility * sqrt(order / bar notional).
+SIM_SLIPPAGE_BPS = env.decimal("SIM_SLIPPAGE_BPS", "5", minimum="0", maximum="1000")
+SIM_SLIPPAGE_IMPACT = env.decimal("SIM_SLIPPAGE_IMPACT", "1", minimum="0", maximum="100")
+
+# --- Kraken private calls -------------------------------------------------------------------------------
+
+# All private calls of one account are serialised (trading/brokers/private_lock.py): a Redis lock with
+# REDIS_URL, else a PostgreSQL advisory lock, else a file lock in this directory (embedded mode).
+KRAKEN_LOCK_DIR = env.str("KRAKEN_LOCK_DIR", str(VAR_DIR / "locks"))
+KRAKEN_PRIVATE_LOCK_WAIT_SECONDS = env.int("KRAKEN_PRIVATE_LOCK_WAIT_SECONDS", 30, minimum=1)
+# Expiry of the Redis lock: longer than any single private call (KRAKEN_PRIVATE_TIMEOUT_MS).
+KRAKEN_PRIVATE_LOCK_TTL_SECONDS = env.int("KRAKEN_PRIVATE_LOCK_TTL_SECONDS", 60, minimum=5)
+KRAKEN_PRIVATE_TIMEOUT_MS = env.int("KRAKEN_PRIVATE_TIMEOUT_MS", 10_000, minimum=100)
+if KRAKEN_PRIVATE_LOCK_TTL_SECONDS * 1000 <= KRAKEN_PRIVATE_TIMEOUT_MS:
+    raise SettingsError(
+        "KRAKEN_PRIVATE_LOCK_TTL_SECONDS must exceed KRAKEN_PRIVATE_TIMEOUT_MS: the lock must outlive a call."
+    )
+# Retries of a private call Kraken answered with a rate limit, busy or invalid nonce (nothing done), with
+# jittered exponential back-off from KRAKEN_PRIVATE_BACKOFF_MS.
+KRAKEN_PRIVATE_RETRIES = env.int("KRAKEN_PRIVATE_RETRIES", 4, minimum=0)
+KRAKEN_PRIVATE_BACKOFF_MS = env.int("KRAKEN_PRIVATE_BACKOFF_MS", 500, minimum=1)
+# The longest one submission to Kraken can take: AddOrder and, after an uncertain answer, two lookups, each
+# with all its retries, each retry waiting the full lock wait and the full call timeout, plus back-offs.
+_ATTEMPTS = KRAKEN_PRIVATE_RETRIES + 1
+KRAKEN_SUBMIT_WORST_SECONDS = 3 * (
+    _ATTEMPTS * (KRAKEN_PRIVATE_LOCK_WAIT_SECONDS + KRAKEN_PRIVATE_TIMEOUT_MS / 1000)
+    + KRAKEN_PRIVATE_RETRIES * 16 * KRAKEN_PRIVATE_BACKOFF_MS / 1000
+)
+# Reconciliation closes an order the exchange has never seen only once it is older than this: by then no
+# worker can still be sending it. It may not be set below the worst case above.
+RECONCILE_GRACE_SECONDS = env.int("RECONCILE_GRACE_SECONDS", int(KRAKEN_SUBMIT_WORST_SECONDS) + 60, minimum=0)
+if RECONCILE_GRACE_SECONDS < KRAKEN_SUBMIT_WORST_SECONDS:
+    raise SettingsError(
+        f"RECONCILE_GRACE_SECONDS={RECONCILE_GRACE_SECONDS}: must be at least "
+        f"{KRAKEN_SUBMIT_WORST_SECONDS:.0f}, the longest a submission to Kraken can take with the "
+        "KRAKEN_PRIVATE_* settings; a shorter grace could close an order that is still being sent."
+    )
 
 # --- Auth -----------------------------------------------------------------------------------------------
 

@@ -28,6 +28,21 @@ def fast_password_hashing(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+@pytest.fixture(autouse=True)
+def private_files_and_locks(settings, tmp_path_factory):
+    """Kraken private-call lock files and the local credential store go to per-test folders (never the
+    developer's var/), and the lock's own PostgreSQL connections are closed after each test so the test
+    database can be dropped."""
+    scratch = tmp_path_factory.mktemp("private")
+    settings.KRAKEN_LOCK_DIR = str(scratch / "locks")
+    settings.KRAKEN_CREDENTIALS_DIR = str(scratch / "credentials")
+    settings.KRAKEN_CREDENTIALS_DEV_KEY_FILE = scratch / "dev-kraken-credentials.key"
+    yield
+    from trading.brokers.private_lock import close_lock_connections
+
+    close_lock_connections()
+
+
 def is_postgresql() -> bool:
     return connection.vendor == "postgresql"
 

@@ -1,9 +1,22 @@
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied, ValidationError
 from simple_history.admin import SimpleHistoryAdmin
 
 from accounts.admin_scoping import AccountScopedAdminMixin, ReadOnlyAdminMixin
-from accounts.selectors import user_has_role_anywhere
-from trading.models import AccountFeeTier, Candle, FeedStatus, Instrument
+from accounts.selectors import user_can, user_has_role_anywhere
+from trading.brokers.base import BrokerError
+from trading.models import (
+    FINAL_STATUSES,
+    AccountFeeTier,
+    Balance,
+    Candle,
+    FeedStatus,
+    Fill,
+    Instrument,
+    Order,
+    Position,
+    Trade,
+)
 
 
 class MarketDataAdminMixin(ReadOnlyAdminMixin):
@@ -68,3 +81,159 @@ class AccountFeeTierAdmin(ReadOnlyAdminMixin, AccountScopedAdminMixin, SimpleHis
     list_display = ("account", "instrument", "maker_pct", "taker_pct", "volume_30d_usd", "fetched_at")
     list_filter = (("account", admin.RelatedOnlyFieldListFilter), "instrument")
     list_select_related = ("account", "instrument")
+
+
+# --------------------------------------------------------------------------------------------------
+# The order book. Read-only everywhere: orders are placed and canceled through the order services (the
+# "Cancel selected orders" action calls ``order_cancel``), fills and balances come from brokers.
+# --------------------------------------------------------------------------------------------------
+
+
+class BookAdminMixin(ReadOnlyAdminMixin, AccountScopedAdminMixin):
+    list_select_related = ("account", "instrument")
+
+
+class FillInline(admin.TabularInline):
+    model = Fill
+    fields = (
+        "executed_at",
+        "trade_id",
+        "price",
+        "quantity",
+        "fee",
+        "fee_currency",
+        "liquidity",
+        "realised_pnl",
+    )
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Order)
+class OrderAdmin(BookAdminMixin, SimpleHistoryAdmin):
+    list_display = (
+        "created_at",
+        "account",
+        "broker",
+        "instrument",
+        "side",
+        "order_type",
+        "quantity",
+        "limit_price",
+        "stop_price",
+        "status",
+        "filled_quantity",
+        "average_fill_price",
+        "fees_paid",
+        "placed_by",
+    )
+    list_filter = (("account", admin.RelatedOnlyFieldListFilter), "broker", "status", "side", "order_type")
+    search_fields = ("client_order_id", "kraken_order_id", "reason", "status_reason")
+    date_hierarchy = "created_at"
+    inlines = (FillInline,)
+    actions = ("cancel_orders",)
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
+
+    def has_cancel_permission(self, request):
+        return user_has_role_anywhere(user=request.user, action="change")
+
+    @admin.action(description="Cancel selected orders", permissions=["cancel"])
+    def cancel_orders(self, request, queryset):
+        from trading.services.orders import order_cancel
+
+        canceled = 0
+        for order in queryset.select_related("account", "instrument"):
+            if order.status in FINAL_STATUSES:
+                continue
+            if not user_can(user=request.user, account=order.account, action="change"):
+                self.message_user(request, f"You are not a director of {order.account}.", messages.ERROR)
+                continue
+            try:
+                result = order_cancel(order=order, actor=request.user, reason="canceled in the admin")
+            except (PermissionDenied, ValidationError, BrokerError) as exc:
+                self.message_user(request, f"{order.client_order_id}: {exc}", messages.ERROR)
+                continue
+            canceled += result.status == "CANCELED"
+            if result.status != "CANCELED":
+                self.message_user(
+                    request,
+                    f"{order.client_order_id} is {result.status}: {result.status_reason}",
+                    messages.WARNING,
+                )
+        self.message_user(request, f"{canceled} order(s) canceled.")
+
+
+@admin.register(Fill)
+class FillAdmin(BookAdminMixin, admin.ModelAdmin):
+    list_display = (
+        "executed_at",
+        "account",
+        "broker",
+        "instrument",
+        "side",
+        "price",
+        "quantity",
+        "fee",
+        "fee_currency",
+        "liquidity",
+        "realised_pnl",
+        "position_after",
+    )
+    list_filter = (("account", admin.RelatedOnlyFieldListFilter), "broker", "side", "liquidity", "instrument")
+    search_fields = ("trade_id", "order__client_order_id", "order__kraken_order_id")
+    date_hierarchy = "executed_at"
+
+
+@admin.register(Position)
+class PositionAdmin(BookAdminMixin, admin.ModelAdmin):
+    list_display = (
+        "account",
+        "broker",
+        "instrument",
+        "quantity",
+        "average_cost",
+        "realised_pnl",
+        "opened_at",
+    )
+    list_filter = (("account", admin.RelatedOnlyFieldListFilter), "broker", "instrument")
+
+
+@admin.register(Balance)
+class BalanceAdmin(BookAdminMixin, admin.ModelAdmin):
+    list_display = ("account", "broker", "asset", "total", "reserved", "available", "updated_at")
+    list_filter = (("account", admin.RelatedOnlyFieldListFilter), "broker", "asset")
+    list_select_related = ("account",)
+
+    @admin.display(description="available")
+    def available(self, obj):
+        return obj.available
+
+
+@admin.register(Trade)
+class TradeAdmin(BookAdminMixin, admin.ModelAdmin):
+    list_display = (
+        "closed_at",
+        "account",
+        "broker",
+        "instrument",
+        "quantity",
+        "entry_price",
+        "exit_price",
+        "fees",
+        "net_pnl",
+        "return_pct",
+        "opened_at",
+    )
+    list_filter = (("account", admin.RelatedOnlyFieldListFilter), "broker", "instrument")
+    date_hierarchy = "closed_at"

@@ -83,7 +83,8 @@ def universe_sync(
     report = UniverseSyncReport(source=source, rejected=list(universe.rejected))
     now = timezone.now()
     with transaction.atomic():
-        existing = {instrument.symbol: instrument for instrument in Instrument.objects.select_for_update()}
+        locked = Instrument.objects.select_for_update(no_key=True)
+        existing = {instrument.symbol: instrument for instrument in locked}
         for facts in universe.pairs:
             values = _facts_dict(facts)
             instrument = existing.get(facts.symbol)

@@ -1,0 +1,776 @@
+"""Order management: the only writers of orders, fills, positions, balances and trades.
+
+The path of one order (``order_submit``):
+
+1. **Intent**, one transaction: lock the account row, return the existing order when the client order id
+   is known (idempotent), choose the broker from the account's mode *now* (``sim`` or ``kraken``), check the
+   pair's Kraken rules, reserve the USD (buy) or the base (sell) it may use, insert the row ``NEW`` and its
+   audit event. Commit. Nothing has touched the network yet.
+2. **Send**: mark ``SUBMITTED`` (committed), then hand the order to its broker. The Kraken broker runs under
+   the account's private-call lock and refuses an account that is simulated by then.
+3. **Apply** (``order_apply_report``), one transaction: the broker's report moves the status, every new fill
+   updates the position, the balances and the reservation, a round trip that closes writes a ``Trade``, and
+   one audit event records it all.
+
+A worker that dies between 1 and 2 leaves ``NEW``, between 2 and 3 ``SUBMITTED``: reconciliation
+(``trading/services/reconcile.py``) asks the broker by client order id and applies what it says; it never
+resends. A timeout is ``UNKNOWN``, never a failure.
+
+Lock order (always): account → position → order → balances.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
+from django.db.models import Sum
+from django.utils import timezone
+from prometheus_client import Counter
+
+from accounts.models import Account
+from accounts.selectors import user_can
+from governance.actors import SystemActor, actor_label, actor_user
+from governance.services import audit_record
+from trading import ledger
+from trading.brokers.base import (
+    Broker,
+    BrokerRefused,
+    FillReport,
+    OrderKind,
+    OrderReport,
+    OrderRequest,
+    Side,
+    Status,
+)
+from trading.models import (
+    FINAL_STATUSES,
+    LIVE_STATUSES,
+    Balance,
+    BrokerName,
+    Fill,
+    Instrument,
+    Order,
+    OrderStatus,
+    OrderType,
+    Position,
+    Trade,
+)
+from trading.selectors import pair_rules_for
+
+logger = logging.getLogger(__name__)
+
+ORDERS = Counter("aether_orders", "Orders by broker and outcome", ["broker", "outcome"])
+FILLS = Counter("aether_fills", "Fills recorded, by broker", ["broker"])
+
+QUOTE_ASSET = "USD"
+
+
+class OrderError(ValidationError):
+    """An order request that cannot even be recorded (unknown pair, reused client id, bad numbers)."""
+
+
+def order_request(order: Order) -> OrderRequest:
+    return OrderRequest(
+        account_id=order.account_id,
+        client_order_id=order.client_order_id,
+        pair=pair_rules_for(order.instrument),
+        side=Side(order.side),
+        kind=OrderKind(order.order_type),
+        quantity=order.quantity,
+        limit_price=order.limit_price,
+        stop_price=order.stop_price,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Brokers
+# ----------------------------------------------------------------------------------------------------------
+
+BrokerFactory = Callable[[Account, str], Broker]
+
+
+def default_broker(account: Account, name: str) -> Broker:
+    """The broker an order of ``account`` recorded as ``name`` goes to."""
+    if name == BrokerName.SIM:
+        from trading.brokers.sim import SimBroker
+
+        return SimBroker(account)
+    if name == BrokerName.KRAKEN:
+        from accounts.credentials import kraken_keys_for
+        from trading.brokers.kraken import KrakenBroker
+
+        return KrakenBroker(account, keys=kraken_keys_for(account))
+    raise ValueError(f"unknown broker {name!r}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Submit
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _check_actor(actor, account: Account) -> None:
+    if isinstance(actor, SystemActor):
+        return
+    if not user_can(user=actor, account=account, action="change"):
+        raise PermissionDenied(f"{actor_label(actor)} may not place orders for {account}: directors only.")
+
+
+def _reference_price(
+    instrument: Instrument, order_type: str, side: str, limit_price, stop_price, quotes
+) -> Decimal | None:
+    """The price a buy is reserved at: its limit, its trigger, or the current touch for a market order."""
+    if order_type == OrderType.LIMIT:
+        return limit_price
+    if order_type in (OrderType.STOP_LOSS, OrderType.TAKE_PROFIT):
+        return stop_price
+    from trading.quotes import DatabaseQuoteSource
+
+    quote = (quotes or DatabaseQuoteSource()).quote(instrument)
+    return None if quote is None else quote.touch(side)
+
+
+def _same_intent(order: Order, **fields) -> bool:
+    return all(getattr(order, name) == value for name, value in fields.items())
+
+
+def _lock_balance(account: Account, broker: str, asset: str) -> Balance:
+    balance, _ = Balance.objects.select_for_update().get_or_create(
+        account=account, broker=broker, asset=asset
+    )
+    return balance
+
+
+def _rejected(order: Order, reason: str) -> None:
+    order.status = OrderStatus.REJECTED
+    order.status_reason = reason
+    order.closed_at = timezone.now()
+
+
+def order_submit(
+    *,
+    account: Account,
+    actor,
+    instrument: Instrument,
+    side: str,
+    order_type: str,
+    quantity: Decimal,
+    limit_price: Decimal | None = None,
+    stop_price: Decimal | None = None,
+    client_order_id: str | None = None,
+    reason: str = "",
+    broker_factory: BrokerFactory | None = None,
+    quotes=None,
+) -> Order:
+    """Record the order, send it to the broker of the account's mode, and apply the answer. Returns the
+    order as it stands after the broker's answer (REJECTED with the reason, UNKNOWN after a timeout, …).
+    Calling it again with the same ``client_order_id`` returns that order and sends nothing."""
+    from trading.quotes import DatabaseQuoteSource
+
+    quotes = _QuotesOfThisOrder(quotes or DatabaseQuoteSource())
+    order, created = order_record(
+        account=account,
+        actor=actor,
+        instrument=instrument,
+        side=side,
+        order_type=order_type,
+        quantity=quantity,
+        limit_price=limit_price,
+        stop_price=stop_price,
+        client_order_id=client_order_id,
+        reason=reason,
+        quotes=quotes,
+    )
+    if not created or order.status != OrderStatus.NEW:
+        return order
+    return order_send(order_id=order.pk, actor=actor, broker_factory=broker_factory, quotes=quotes)
+
+
+class _QuotesOfThisOrder:
+    """One look at the market per order: the reservation and the simulator see the same quote."""
+
+    def __init__(self, source) -> None:
+        self.source = source
+        self.seen: dict[int, object] = {}
+
+    def quote(self, instrument):
+        if instrument.pk not in self.seen:
+            self.seen[instrument.pk] = self.source.quote(instrument)
+        return self.seen[instrument.pk]
+
+
+def order_record(
+    *,
+    account: Account,
+    actor,
+    instrument: Instrument,
+    side: str,
+    order_type: str,
+    quantity: Decimal,
+    limit_price: Decimal | None = None,
+    stop_price: Decimal | None = None,
+    client_order_id: str | None = None,
+    reason: str = "",
+    quotes=None,
+) -> tuple[Order, bool]:
+    """Step 1 of ``order_submit``: the intent, committed with its audit event and reservation. Returns
+    ``(order, created)``; an order the rules refuse is recorded REJECTED with the reason. ``quotes`` (a
+    ``trading.quotes.QuoteSource``) prices a market order's reservation; the database's by default."""
+    from trading.matching import check_order
+
+    if side not in Side.__members__.values() or order_type not in OrderKind.__members__.values():
+        raise OrderError(f"side must be buy or sell and type one of {', '.join(OrderKind)}")
+    quantity = Decimal(quantity)
+    if not quantity.is_finite() or quantity <= 0:
+        raise OrderError(f"quantity {quantity} must be a positive number")
+    client_order_id = client_order_id or str(uuid.uuid4())
+    if len(client_order_id) > 36:
+        raise OrderError("client order id is longer than Kraken's 36 characters")
+    intent = {
+        "account_id": account.pk,
+        "instrument_id": instrument.pk,
+        "side": side,
+        "order_type": order_type,
+        "quantity": quantity,
+        "limit_price": limit_price,
+        "stop_price": stop_price,
+    }
+    with transaction.atomic():
+        account = Account.objects.select_for_update(no_key=True).get(pk=account.pk)
+        existing = Order.objects.filter(client_order_id=client_order_id).first()
+        if existing is not None:
+            if not _same_intent(existing, **intent):
+                raise OrderError(f"client order id {client_order_id} is already used by a different order")
+            return existing, False
+        _check_actor(actor, account)
+        broker = BrokerName.SIM if account.simulation_mode else BrokerName.KRAKEN
+        order = Order(
+            account=account,
+            client_order_id=client_order_id,
+            broker=broker,
+            instrument=instrument,
+            side=side,
+            order_type=order_type,
+            quantity=quantity,
+            limit_price=limit_price,
+            stop_price=stop_price,
+            reason=reason,
+            placed_by=actor_label(actor),
+            placed_by_user=actor_user(actor),
+        )
+        reference = _reference_price(instrument, order_type, side, limit_price, stop_price, quotes)
+        problems = check_order(order_request(order), reference_price=reference)
+        if not problems and reference is None:
+            problems = [f"no market price for {instrument.symbol} yet: the order cannot be sized or reserved"]
+        if not problems:
+            problems = _reserve(order, account=account, instrument=instrument, reference=reference)
+        if problems:
+            _rejected(order, "; ".join(problems))
+        order.save()
+        audit_record(
+            actor=actor,
+            action="order.rejected" if problems else "order.submit",
+            account=account,
+            target=order,
+            details=_order_details(order),
+        )
+    ORDERS.labels(broker, "rejected" if problems else "recorded").inc()
+    return order, True
+
+
+def _reserve(order: Order, *, account: Account, instrument: Instrument, reference: Decimal) -> list[str]:
+    """Reserve what the order may use; a problem (not enough available) instead of a negative balance."""
+    from trading.selectors import fee_rates_for
+
+    rates = fee_rates_for(account=account, instrument=instrument)
+    buffer = Decimal(0) if order.order_type == OrderType.LIMIT else settings.ORDER_RESERVE_BUFFER_PCT
+    need = ledger.reservation_for(
+        side=order.side,
+        quantity=order.quantity,
+        price=reference,
+        taker_pct=rates.taker_pct,
+        buffer_pct=buffer,
+        base_asset=instrument.base_asset,
+        cost_decimals=instrument.cost_decimals,
+    )
+    if order.side == Side.SELL:
+        held = _sellable(account, order.broker, instrument)
+        if need.amount > held:
+            return [
+                f"a sell of {need.amount} {need.asset} exceeds the {held} {need.asset} Aether holds in this "
+                f"position and has not already offered in open sell orders; holdings Aether did not buy are "
+                f"never sold"
+            ]
+    balance = _lock_balance(account, order.broker, need.asset)
+    if need.amount > balance.available:
+        where = "simulated" if order.broker == BrokerName.SIM else "Kraken (as last reconciled)"
+        return [
+            f"insufficient {need.asset}: the order needs {need.amount} {need.asset} (fee and price margin "
+            f"included) but {balance.available} is available in the {where} balance "
+            f"({balance.reserved} reserved by open orders)"
+        ]
+    balance.reserved += need.amount
+    balance.save(update_fields=["reserved", "updated_at"])
+    order.reserved_asset, order.reserved_amount = need.asset, need.amount
+    return []
+
+
+def _sellable(account: Account, broker: str, instrument: Instrument) -> Decimal:
+    """The position's quantity less what open sell orders on it already hold."""
+    position = Position.objects.filter(account=account, broker=broker, instrument=instrument).first()
+    held = position.quantity if position is not None else Decimal(0)
+    offered = (
+        Order.objects.filter(
+            account=account, broker=broker, instrument=instrument, side=Side.SELL, status__in=LIVE_STATUSES
+        ).aggregate(total=Sum("reserved_amount"))["total"]
+        or 0
+    )
+    return held - offered
+
+
+def order_send(*, order_id: int, actor, broker_factory: BrokerFactory | None = None, quotes=None) -> Order:
+    """Step 2: send a NEW order to its broker and apply the report; any other order is returned as it is
+    (a second worker cannot send it twice).
+
+    Kraken: the order is marked SUBMITTED and committed first, then sent outside any transaction (a
+    network call never holds row locks). The simulator has no network: the order is matched and the
+    result applied in one transaction, under the account's and the order's locks."""
+    if broker_factory is None:
+        broker_factory = default_broker if quotes is None else _with_quotes(quotes)
+    broker_name, account_id = Order.objects.values_list("broker", "account_id").get(pk=order_id)
+    if broker_name == BrokerName.SIM:
+        return _send_simulated(order_id, account_id, actor, broker_factory)
+    with transaction.atomic():
+        order = (
+            Order.objects.select_for_update(no_key=True)
+            .select_related("account", "instrument")
+            .get(pk=order_id)
+        )
+        if order.status != OrderStatus.NEW:
+            return order
+        order.status = OrderStatus.SUBMITTED
+        order.submitted_at = timezone.now()
+        order.save(update_fields=["status", "submitted_at", "updated_at"])
+    try:
+        broker = broker_factory(order.account, order.broker)
+    except Exception as exc:  # no key, store unreachable…: nothing was sent
+        logger.exception("order %s: no broker; not sent", order.client_order_id)
+        report = OrderReport(
+            client_order_id=order.client_order_id,
+            status=Status.REJECTED,
+            reason=f"not sent: the {order.broker} broker could not be set up ({type(exc).__name__}: {exc})",
+        )
+        return order_apply_report(order_id=order.pk, report=report, actor=actor)
+    try:
+        report = broker.submit(order_request(order))
+    except BrokerRefused as exc:
+        report = OrderReport(client_order_id=order.client_order_id, status=Status.REJECTED, reason=str(exc))
+    except Exception as exc:  # the order may or may not have left: reconciliation finds out
+        logger.exception("order %s: broker raised; status UNKNOWN until reconciled", order.client_order_id)
+        report = OrderReport(
+            client_order_id=order.client_order_id,
+            status=Status.UNKNOWN,
+            reason=f"broker error {type(exc).__name__}; reconciliation will ask the exchange",
+        )
+    finally:
+        _close(broker)
+    return order_apply_report(order_id=order.pk, report=report, actor=actor)
+
+
+def _with_quotes(quotes) -> BrokerFactory:
+    def factory(account: Account, name: str) -> Broker:
+        if name == BrokerName.SIM:
+            from trading.brokers.sim import SimBroker
+
+            return SimBroker(account, quotes=quotes)
+        return default_broker(account, name)
+
+    return factory
+
+
+def _send_simulated(order_id: int, account_id: int, actor, broker_factory: BrokerFactory) -> Order:
+    """Match a NEW simulated order and apply the result in one transaction (lock order: account, order).
+    If anything fails the transaction rolls back and the order stays NEW: reconciliation closes it."""
+    with transaction.atomic():
+        account = Account.objects.select_for_update(no_key=True).get(pk=account_id)
+        order = Order.objects.select_for_update(no_key=True).select_related("instrument").get(pk=order_id)
+        if order.status != OrderStatus.NEW:
+            return order
+        order.account = account
+        try:
+            report = broker_factory(account, BrokerName.SIM).submit(order_request(order))
+        except BrokerRefused as exc:
+            report = OrderReport(
+                client_order_id=order.client_order_id, status=Status.REJECTED, reason=str(exc)
+            )
+        return order_apply_report(order_id=order_id, report=report, actor=actor, submitted_at=timezone.now())
+
+
+def _close(broker) -> None:
+    close = getattr(broker, "close", None)
+    if close is not None:
+        close()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Apply a broker's report
+# ----------------------------------------------------------------------------------------------------------
+
+_ORDER_OF_STATUS = {
+    OrderStatus.NEW: 0,
+    OrderStatus.SUBMITTED: 1,
+    OrderStatus.UNKNOWN: 1,
+    OrderStatus.OPEN: 2,
+    OrderStatus.PARTIALLY_FILLED: 3,
+}
+
+
+def _next_status(current: str, reported: str, filled: Decimal, quantity: Decimal) -> str:
+    if current in FINAL_STATUSES:
+        return current
+    if filled >= quantity:
+        return OrderStatus.FILLED
+    if reported in FINAL_STATUSES:
+        return reported
+    if reported == OrderStatus.UNKNOWN:
+        # An answer never downgrades what we already know from the exchange.
+        return current if current in (OrderStatus.OPEN, OrderStatus.PARTIALLY_FILLED) else OrderStatus.UNKNOWN
+    if filled > 0:
+        return OrderStatus.PARTIALLY_FILLED
+    if _ORDER_OF_STATUS.get(reported, 0) < _ORDER_OF_STATUS.get(current, 0):
+        return current
+    return reported
+
+
+@dataclass
+class AppliedFills:
+    count: int = 0
+    realised: Decimal = Decimal(0)
+    untracked: Decimal = Decimal(0)  # sold on the exchange beyond the position (holdings bought elsewhere)
+    # asset → [change of total, change of reserved], written once per asset at the end.
+    balances: dict = field(default_factory=dict)
+
+    def move(self, asset: str, *, total: Decimal = Decimal(0), reserved: Decimal = Decimal(0)) -> None:
+        change = self.balances.setdefault(asset, [Decimal(0), Decimal(0)])
+        change[0] += total
+        change[1] += reserved
+
+
+def order_apply_report(*, order_id: int, report: OrderReport, actor, submitted_at=None) -> Order:
+    """Apply what a broker says about one order: new fills (each once, by trade id), the status, the
+    exchange id and the reason; release the reservation as fills use it and all of it when the order ends."""
+    with transaction.atomic():
+        account_id, broker, instrument_id = Order.objects.values_list(
+            "account_id", "broker", "instrument_id"
+        ).get(pk=order_id)
+        account = Account.objects.select_for_update(no_key=True).get(pk=account_id)
+        position, _ = Position.objects.select_for_update().get_or_create(
+            account=account, broker=broker, instrument_id=instrument_id
+        )
+        order = Order.objects.select_for_update(no_key=True).select_related("instrument").get(pk=order_id)
+        order.account = account
+        if submitted_at is not None and order.submitted_at is None:
+            order.submitted_at = submitted_at
+        before = order.status
+        applied = AppliedFills()
+        for fill in report.fills:
+            _apply_fill(order, position, fill, applied)
+        known_id = order.kraken_order_id
+        if report.exchange_order_id and not order.kraken_order_id:
+            order.kraken_order_id = report.exchange_order_id
+        if (
+            before == OrderStatus.REJECTED
+            and not known_id
+            and report.exchange_order_id
+            and report.status != Status.REJECTED
+        ):
+            # The exchange has an order we had closed as never arrived: believe the exchange, loudly.
+            order.status = OrderStatus.UNKNOWN
+            order.status_reason = (
+                f"reappeared on the exchange as {report.exchange_order_id} after it was closed as never "
+                "arrived; following the exchange now"
+            )
+            logger.error("order %s: %s", order.client_order_id, order.status_reason)
+        reappeared = order.status != before
+        order.status = _next_status(order.status, report.status, order.filled_quantity, order.quantity)
+        if report.reason and not reappeared and (order.status != before or not order.status_reason):
+            order.status_reason = report.reason
+        if order.status in FINAL_STATUSES:
+            order.closed_at = order.closed_at or timezone.now()
+            _release(order, order.reserved_amount, applied)
+        _write_balances(order, applied)
+        if (
+            order.status == before
+            and not applied.count
+            and order.status_reason == report.reason
+            and order.kraken_order_id == known_id
+        ):
+            return order
+        order.save()
+        audit_record(
+            actor=actor,
+            action="order.reappeared"
+            if reappeared
+            else f"order.{order.status.lower()}"
+            if order.status != before
+            else "order.fills",
+            account=account,
+            target=order,
+            details=_order_details(order)
+            | {"from": before, "new_fills": applied.count, "realised_pnl": str(applied.realised)}
+            | ({"untracked_sold": str(applied.untracked)} if applied.untracked else {}),
+        )
+    if order.status != before:
+        ORDERS.labels(order.broker, order.status.lower()).inc()
+    return order
+
+
+def _apply_fill(order: Order, position: Position, report: FillReport, applied: AppliedFills) -> None:
+    if Fill.objects.filter(
+        account_id=order.account_id, broker=order.broker, trade_id=report.trade_id
+    ).exists():
+        return
+    instrument = order.instrument
+    if report.quantity > order.quantity - order.filled_quantity:
+        raise ledger.LedgerError(
+            f"fill {report.trade_id} of {report.quantity} exceeds the rest of order {order.client_order_id}"
+        )
+    effect = ledger.apply_fill(
+        _book(position),
+        ledger.FillFacts(
+            side=order.side,
+            price=report.price,
+            quantity=report.quantity,
+            fee=report.fee,
+            fee_currency=report.fee_currency,
+            executed_at=report.executed_at,
+        ),
+        base_asset=instrument.base_asset,
+        untracked_ok=order.broker == BrokerName.KRAKEN,  # it happened on Kraken: never refuse it here
+    )
+    if effect.untracked:
+        applied.untracked += effect.untracked
+    fill = Fill.objects.create(
+        account_id=order.account_id,
+        order=order,
+        broker=order.broker,
+        instrument=instrument,
+        side=order.side,
+        trade_id=report.trade_id,
+        price=report.price,
+        quantity=report.quantity,
+        fee=report.fee,
+        fee_currency=report.fee_currency,
+        liquidity=report.liquidity,
+        executed_at=report.executed_at,
+        realised_pnl=effect.realised_pnl,
+        position_after=effect.book.quantity,
+    )
+    _store_book(position, effect.book)
+    if effect.closed_trip is not None:
+        trip = effect.closed_trip
+        Trade.objects.create(
+            account_id=order.account_id,
+            broker=order.broker,
+            instrument=instrument,
+            opened_at=trip.opened_at,
+            closed_at=trip.closed_at,
+            quantity=trip.quantity,
+            entry_price=trip.entry_price,
+            exit_price=trip.exit_price,
+            fees=trip.fees,
+            net_pnl=trip.net_pnl,
+            return_pct=trip.return_pct,
+            closing_fill=fill,
+        )
+    # Order totals.
+    filled = order.filled_quantity + report.quantity
+    paid = (order.average_fill_price or 0) * order.filled_quantity + report.price * report.quantity
+    order.filled_quantity = filled
+    order.average_fill_price = ledger.q12(paid / filled)
+    order.fees_paid += effect.fee_usd
+    # Balances: the reservation this fill used is released, then the totals move.
+    cost = report.price * report.quantity + (report.fee if report.fee_currency == QUOTE_ASSET else 0)
+    used = ledger.release_for_fill(
+        side=order.side, reserved=order.reserved_amount, fill_quantity=report.quantity, fill_cost=cost
+    )
+    _release(order, used, applied)
+    applied.move(instrument.base_asset, total=effect.base_delta)
+    applied.move(QUOTE_ASSET, total=effect.usd_delta)
+    applied.count += 1
+    applied.realised += effect.realised_pnl
+    FILLS.labels(order.broker).inc()
+
+
+def _book(position: Position) -> ledger.Book:
+    return ledger.Book(**{name: getattr(position, name) for name in ledger.Book.__dataclass_fields__})
+
+
+def _store_book(position: Position, book: ledger.Book) -> None:
+    for name in ledger.Book.__dataclass_fields__:
+        setattr(position, name, getattr(book, name))
+    position.save()
+
+
+def _release(order: Order, amount: Decimal, applied: AppliedFills) -> None:
+    if amount <= 0 or not order.reserved_asset:
+        return
+    applied.move(order.reserved_asset, reserved=-amount)
+    order.reserved_amount -= amount
+
+
+def _write_balances(order: Order, applied: AppliedFills) -> None:
+    """Apply the collected balance changes, one locked row per asset, in asset order."""
+    for asset in sorted(applied.balances):
+        total_change, reserved_change = applied.balances[asset]
+        if not total_change and not reserved_change:
+            continue
+        balance = _lock_balance(order.account, order.broker, asset)
+        balance.total += total_change
+        balance.reserved = max(Decimal(0), balance.reserved + reserved_change)
+        if balance.total < 0:
+            if order.broker == BrokerName.SIM:
+                raise ledger.LedgerError(
+                    f"simulated {asset} balance of {order.account} would go negative ({balance.total})"
+                )
+            # Live: the exchange is the truth; reconciliation reports and corrects the drift.
+            logger.warning("%s: Kraken %s balance below zero in our book; reconcile", order.account, asset)
+            balance.total = Decimal(0)
+        balance.reserved = min(balance.reserved, balance.total)
+        balance.save(update_fields=["total", "reserved", "updated_at"])
+
+
+def _order_details(order: Order) -> dict:
+    return {
+        "client_order_id": order.client_order_id,
+        "broker": order.broker,
+        "pair": order.instrument.symbol,
+        "side": order.side,
+        "type": order.order_type,
+        "quantity": str(order.quantity),
+        "limit_price": None if order.limit_price is None else str(order.limit_price),
+        "stop_price": None if order.stop_price is None else str(order.stop_price),
+        "status": order.status,
+        "status_reason": order.status_reason,
+        "filled": str(order.filled_quantity),
+        "kraken_order_id": order.kraken_order_id,
+        "reserved": f"{order.reserved_amount} {order.reserved_asset}".strip(),
+        "reason": order.reason,
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Cancel, simulated matching, simulated funds
+# ----------------------------------------------------------------------------------------------------------
+
+
+def order_cancel(
+    *, order: Order, actor, reason: str = "", broker_factory: BrokerFactory | None = None
+) -> Order:
+    """Ask the order's broker to cancel it, then apply the answer (which may be a fill that got there
+    first). A final order is returned unchanged."""
+    _check_actor(actor, order.account)
+    order = Order.objects.select_related("account", "instrument").get(pk=order.pk)
+    if order.status in FINAL_STATUSES:
+        return order
+    if order.status == OrderStatus.NEW:
+        # Never sent: cancel it here, under the row lock, so no worker sends it afterwards.
+        with transaction.atomic():
+            Account.objects.select_for_update(no_key=True).get(
+                pk=order.account_id
+            )  # lock order: account first
+            locked = Order.objects.select_for_update(no_key=True).get(pk=order.pk)
+            if locked.status == OrderStatus.NEW:
+                report = OrderReport(
+                    client_order_id=order.client_order_id,
+                    status=Status.CANCELED,
+                    reason=reason or "canceled before it was sent",
+                )
+                return order_apply_report(order_id=order.pk, report=report, actor=actor)
+    factory = broker_factory or default_broker
+    broker = factory(order.account, order.broker)
+    try:
+        report = broker.cancel(
+            client_order_id=order.client_order_id, exchange_order_id=order.kraken_order_id or None
+        )
+    finally:
+        _close(broker)
+    if reason and report.status == Status.CANCELED:
+        report = OrderReport(
+            client_order_id=report.client_order_id,
+            status=report.status,
+            exchange_order_id=report.exchange_order_id,
+            filled_quantity=report.filled_quantity,
+            average_price=report.average_price,
+            reason=reason,
+            fills=report.fills,
+        )
+    return order_apply_report(order_id=order.pk, report=report, actor=actor)
+
+
+def sim_orders_match_bar(*, instrument: Instrument, bar, actor=None) -> list[Order]:
+    """Run every resting simulated order on ``instrument`` against a new closed bar; apply what fills."""
+    from trading.brokers.sim import SimBroker
+
+    actor = actor or SystemActor("sim_broker")
+    touched = []
+    account_ids = (
+        Order.objects.filter(
+            broker=BrokerName.SIM,
+            instrument=instrument,
+            status__in=[OrderStatus.OPEN, OrderStatus.PARTIALLY_FILLED],
+        )
+        .values_list("account_id", flat=True)
+        .distinct()
+    )
+    for account in Account.objects.filter(pk__in=list(account_ids)):
+        for report in SimBroker(account).match_bar(instrument=instrument, bar=bar):
+            order = Order.objects.get(client_order_id=report.client_order_id)
+            touched.append(order_apply_report(order_id=order.pk, report=report, actor=actor))
+    return touched
+
+
+def sim_balance_set(*, account: Account, asset: str, amount: Decimal, actor, reason: str) -> Balance:
+    """Set a simulated balance (funding a simulated account). Never below what open orders reserve."""
+    _check_actor(actor, account)
+    if asset.upper() != QUOTE_ASSET:
+        raise ValidationError(
+            f"simulated accounts are funded in USD only; they buy {asset.upper()} through orders, so every "
+            "position has a known cost"
+        )
+    amount = Decimal(amount)
+    if not amount.is_finite() or amount < 0:
+        raise ValidationError(f"a balance of {amount} is not possible")
+    if not reason.strip():
+        raise ValidationError("say why the simulated balance changes")
+    with transaction.atomic():
+        account = Account.objects.select_for_update(no_key=True).get(pk=account.pk)
+        balance = _lock_balance(account, BrokerName.SIM, asset.upper())
+        if amount < balance.reserved:
+            raise ValidationError(
+                f"{amount} {asset} is less than the {balance.reserved} reserved by open simulated orders"
+            )
+        before = balance.total
+        balance.total = amount
+        balance.save(update_fields=["total", "updated_at"])
+        audit_record(
+            actor=actor,
+            action="sim_balance.set",
+            account=account,
+            target=balance,
+            details={"asset": balance.asset, "before": str(before), "after": str(amount), "reason": reason},
+        )
+    return balance
+
+
+def open_order_ids(*, account: Account, broker: str | None = None) -> list[int]:
+    orders = Order.objects.filter(account=account, status__in=LIVE_STATUSES)
+    if broker is not None:
+        orders = orders.filter(broker=broker)
+    return list(orders.values_list("pk", flat=True))
