@@ -1,0 +1,41 @@
+"""The beat schedule is defined in one place and installed idempotently, keeping a director's pause."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from django.core.management import call_command
+from django_celery_beat.models import PeriodicTask
+
+from aether_site.celery import app
+
+
+def test_install_beat_schedule_creates_every_task_once_and_keeps_a_pause(db, settings):
+    settings.AETHER_PAIRS = ["BTC/USD", "ETH/USD"]
+    out = io.StringIO()
+    call_command("install_beat_schedule", stdout=out)
+    assert "3 tasks, 3 created, 0 updated" in out.getvalue()
+    reconcile = PeriodicTask.objects.get(name="reconcile all accounts")
+    assert reconcile.task == "trading.reconcile_all"
+    assert reconcile.interval.every == settings.RECONCILE_EVERY_SECONDS
+    retrain = PeriodicTask.objects.get(name="retrain ETH/USD 60m")
+    assert (retrain.task, json.loads(retrain.args), retrain.queue) == (
+        "learning.retrain",
+        ["ETH/USD", 60],
+        "learning",
+    )
+    assert retrain.crontab.hour == "0"
+    reconcile.enabled = False  # a director pauses it in the admin
+    reconcile.save()
+    call_command("install_beat_schedule", stdout=(again := io.StringIO()))
+    assert "3 tasks, 0 created, 0 updated" in again.getvalue()
+    assert PeriodicTask.objects.get(name="reconcile all accounts").enabled is False
+
+
+def test_every_scheduled_task_is_registered_with_celery(db, settings):
+    from aether_site.beat import schedule
+
+    app.loader.import_default_modules()
+    for entry in schedule():
+        assert entry.task in app.tasks, entry.task
