@@ -104,7 +104,7 @@ def recreate_postgres_database(url: str) -> tuple[str, str]:
     bench_db = f"{name.split('?')[0]}_bench"
     admin_url = f"{base}/postgres"
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{bench_db}"')
+        conn.execute(f'DROP DATABASE IF EXISTS "{bench_db}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{bench_db}"')
     return bench_db, admin_url
 
@@ -113,7 +113,7 @@ def drop_postgres_database(admin_url: str, bench_db: str) -> None:
     import psycopg
 
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{bench_db}"')
+        conn.execute(f'DROP DATABASE IF EXISTS "{bench_db}" WITH (FORCE)')
 
 
 if __name__ == "__main__":

@@ -1,0 +1,179 @@
+"""Benchmark: the order path, end to end through ``order_submit``.
+
+1. Simulated: submit → SimBroker fill → order, fill, position, balances, audit persisted; N market orders
+   alternating buy and sell of 0.001 BTC.
+2. Kraken: submit → acknowledged by the fake Kraken server over loopback (real HTTP, real ccxt, real
+   API-Sign and nonce checks) → persisted; N market orders, alternating sides.
+
+Each sample is one ``order_submit`` call, from the call to its return with everything committed. Runs on
+PostgreSQL when DATABASE_URL names one (a throwaway database ``<name>_bench`` beside it, created and
+dropped here), else on a fresh SQLite file under var/. Usage:
+    uv run python bench/order_path.py [--orders 1000]
+The last line is the figures as name=value pairs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from decimal import Decimal
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.ingest import drop_postgres_database, recreate_postgres_database  # noqa: E402
+
+
+def percentile(samples: list[float], pct: float) -> float:
+    ordered = sorted(samples)
+    index = min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered) + 0.5) - 1))
+    return ordered[index]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--orders", type=int, default=1000)
+    args = parser.parse_args()
+
+    from tests.fakes.kraken_rest import RECORDED_PATH, FakeKraken
+
+    if not RECORDED_PATH.exists():
+        sys.exit(
+            f"bench/order_path.py: {RECORDED_PATH} not found (the shared data sits beside the repository)"
+        )
+
+    scratch = bench_db = admin_url = None
+    url = os.environ.get("DATABASE_URL", "")
+    if url.startswith(("postgres://", "postgresql://")):
+        bench_db, admin_url = recreate_postgres_database(url)
+        os.environ["DATABASE_URL"] = url.rsplit("/", 1)[0] + "/" + bench_db
+    else:
+        (ROOT / "var").mkdir(exist_ok=True)
+        scratch = tempfile.mkdtemp(prefix="aether-bench-", dir=ROOT / "var")
+        os.environ["DATABASE_URL"] = f"sqlite:///{scratch}/bench.sqlite3"
+    os.environ.pop("REDIS_URL", None)  # private-call lock on the database (PostgreSQL) or a file (SQLite)
+    fake = FakeKraken().start()
+    os.environ["KRAKEN_API_URL"] = fake.url
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "aether_site.settings")
+    os.environ.setdefault("LOG_LEVEL", "warning")
+    os.environ.setdefault("DEBUG", "false")  # as in production: no query log kept in memory
+    if scratch:
+        os.environ.setdefault("KRAKEN_LOCK_DIR", f"{scratch}/locks")
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+    from django.db import connection
+    from django.utils import timezone
+
+    from accounts.models import Account
+    from governance.actors import SystemActor
+    from trading.brokers.kraken import KrakenBroker, KrakenKeys
+    from trading.models import FeedStatus, Instrument, Order, OrderStatus
+    from trading.services.orders import order_submit, sim_balance_set
+    from trading.services.reconcile import reconcile_account
+
+    try:
+        call_command("migrate", verbosity=0)
+        call_command("sync_universe", "--from-file", stdout=open(os.devnull, "w"))  # noqa: SIM115
+        btc = Instrument.objects.get(symbol="BTC/USD")
+        actor = SystemActor("bench")
+        quantity = Decimal("0.001")
+
+        # --- simulated -------------------------------------------------------------------------------
+        sim_account = Account.objects.create(name="Bench sim", slug="bench-sim", kind="director")
+        sim_balance_set(
+            account=sim_account, asset="USD", amount=Decimal("1000000"), actor=actor, reason="bench"
+        )
+        FeedStatus.objects.update_or_create(
+            instrument=btc,
+            defaults={"last_price": Decimal("60000"), "last_message_at": timezone.now(), "stale": False},
+        )
+        sim_ms = []
+        for index in range(args.orders):
+            if index % 100 == 0:  # keep the price fresh for the simulator
+                FeedStatus.objects.filter(instrument=btc).update(last_message_at=timezone.now())
+            side = "buy" if index % 2 == 0 else "sell"
+            started = time.perf_counter()
+            order = order_submit(
+                account=sim_account,
+                actor=actor,
+                instrument=btc,
+                side=side,
+                order_type="market",
+                quantity=quantity,
+            )
+            sim_ms.append((time.perf_counter() - started) * 1000)
+            if order.status != OrderStatus.FILLED:
+                sys.exit(
+                    f"bench/order_path.py: simulated order {index} is {order.status}: {order.status_reason}"
+                )
+
+        # --- Kraken (fake, loopback) ---------------------------------------------------------------------
+        credentials = fake.add_account(balances={"ZUSD": "1000000", "XXBT": "100"})
+        fake.set_price("XXBTZUSD", "60000", bid="59999.9", ask="60000.1")
+        live = Account.objects.create(
+            name="Bench live", slug="bench-live", kind="director", simulation_mode=False
+        )
+        keys = KrakenKeys(api_key=credentials.api_key, secret=credentials.secret)
+
+        def kraken(account, name):
+            return KrakenBroker(account, keys=keys)
+
+        reconcile_account(account=live, actor=actor, broker_factory=kraken)  # balances before trading
+        kraken_ms = []
+        for index in range(args.orders):
+            side = "buy" if index % 2 == 0 else "sell"
+            started = time.perf_counter()
+            order = order_submit(
+                account=live,
+                actor=actor,
+                instrument=btc,
+                side=side,
+                order_type="market",
+                quantity=quantity,
+                broker_factory=kraken,
+            )
+            kraken_ms.append((time.perf_counter() - started) * 1000)
+            if order.status not in (OrderStatus.FILLED, OrderStatus.OPEN):
+                sys.exit(
+                    f"bench/order_path.py: Kraken order {index} is {order.status}: {order.status_reason}"
+                )
+        on_exchange = len(fake.orders(credentials.api_key))
+        ours = Order.objects.filter(account=live).count()
+        vendor = connection.vendor
+        connection.close()
+    finally:
+        fake.stop()
+        if bench_db:
+            drop_postgres_database(admin_url, bench_db)
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+    if on_exchange != ours:
+        sys.exit(f"bench/order_path.py: {ours} orders in the book but {on_exchange} on the fake Kraken")
+
+    figures = {
+        "sim_p50_ms": statistics.median(sim_ms),
+        "sim_p99_ms": percentile(sim_ms, 99),
+        "kraken_p50_ms": statistics.median(kraken_ms),
+        "kraken_p99_ms": percentile(kraken_ms, 99),
+    }
+    print(f"engine: {vendor}; orders per path: {args.orders}; Kraken orders on the fake: {on_exchange}")
+    print(
+        f"simulated mean {statistics.fmean(sim_ms):.2f} ms; "
+        f"Kraken (fake) mean {statistics.fmean(kraken_ms):.2f} ms"
+    )
+    print(
+        f"engine={vendor} orders={args.orders} "
+        + " ".join(f"{name}={value:.2f}" for name, value in figures.items())
+    )
+
+
+if __name__ == "__main__":
+    main()
