@@ -398,18 +398,16 @@ def _send_simulated(order_id: int, account_id: int, actor, broker_factory: Broke
     """Match a NEW simulated order and apply the result in one transaction (lock order: account, order).
     If anything fails the transaction rolls back and the order stays NEW: reconciliation closes it."""
     with transaction.atomic():
-        account = Account.objects.select_for_update(no_key=True).get(pk=account_id)
-        order = Order.objects.select_for_update(no_key=True).select_related("instrument").get(pk=order_id)
+        account, position, order = _lock_book(order_id, account_id)
         if order.status != OrderStatus.NEW:
             return order
-        order.account = account
         try:
             report = broker_factory(account, BrokerName.SIM).submit(order_request(order))
         except BrokerRefused as exc:
             report = OrderReport(
                 client_order_id=order.client_order_id, status=Status.REJECTED, reason=str(exc)
             )
-        return order_apply_report(order_id=order_id, report=report, actor=actor, submitted_at=timezone.now())
+        return _apply_locked(order, position, report, actor, submitted_at=timezone.now())
 
 
 def _close(broker) -> None:
@@ -466,68 +464,83 @@ def order_apply_report(*, order_id: int, report: OrderReport, actor, submitted_a
     """Apply what a broker says about one order: new fills (each once, by trade id), the status, the
     exchange id and the reason; release the reservation as fills use it and all of it when the order ends."""
     with transaction.atomic():
-        account_id, broker, instrument_id = Order.objects.values_list(
-            "account_id", "broker", "instrument_id"
-        ).get(pk=order_id)
-        account = Account.objects.select_for_update(no_key=True).get(pk=account_id)
-        position, _ = Position.objects.select_for_update().get_or_create(
-            account=account, broker=broker, instrument_id=instrument_id
+        _account, position, order = _lock_book(order_id)
+        return _apply_locked(order, position, report, actor, submitted_at=submitted_at)
+
+
+def _lock_book(order_id: int, account_id: int | None = None) -> tuple[Account, Position, Order]:
+    """Lock, in the one order used everywhere, the account, the order's position and the order."""
+    broker, instrument_id = Order.objects.values_list("broker", "instrument_id").get(pk=order_id)
+    if account_id is None:
+        account_id = Order.objects.values_list("account_id", flat=True).get(pk=order_id)
+    account = Account.objects.select_for_update(no_key=True).get(pk=account_id)
+    position, _ = Position.objects.select_for_update().get_or_create(
+        account=account, broker=broker, instrument_id=instrument_id
+    )
+    order = Order.objects.select_for_update(no_key=True).select_related("instrument").get(pk=order_id)
+    order.account = account
+    return account, position, order
+
+
+def _apply_locked(
+    order: Order, position: Position, report: OrderReport, actor, *, submitted_at=None
+) -> Order:
+    """``order_apply_report`` once the account, position and order are locked (see ``_lock_book``)."""
+    account = order.account
+    if submitted_at is not None and order.submitted_at is None:
+        order.submitted_at = submitted_at
+    before = order.status
+    applied = AppliedFills()
+    for fill in report.fills:
+        _apply_fill(order, position, fill, applied)
+    known_id = order.kraken_order_id
+    if report.exchange_order_id and not order.kraken_order_id:
+        order.kraken_order_id = report.exchange_order_id
+    if (
+        before == OrderStatus.REJECTED
+        and not known_id
+        and report.exchange_order_id
+        and report.status != Status.REJECTED
+    ):
+        # The exchange has an order we had closed as never arrived: believe the exchange, loudly.
+        order.status = OrderStatus.UNKNOWN
+        order.status_reason = (
+            f"reappeared on the exchange as {report.exchange_order_id} after it was closed as never "
+            "arrived; following the exchange now"
         )
-        order = Order.objects.select_for_update(no_key=True).select_related("instrument").get(pk=order_id)
-        order.account = account
-        if submitted_at is not None and order.submitted_at is None:
-            order.submitted_at = submitted_at
-        before = order.status
-        applied = AppliedFills()
-        for fill in report.fills:
-            _apply_fill(order, position, fill, applied)
-        known_id = order.kraken_order_id
-        if report.exchange_order_id and not order.kraken_order_id:
-            order.kraken_order_id = report.exchange_order_id
-        if (
-            before == OrderStatus.REJECTED
-            and not known_id
-            and report.exchange_order_id
-            and report.status != Status.REJECTED
-        ):
-            # The exchange has an order we had closed as never arrived: believe the exchange, loudly.
-            order.status = OrderStatus.UNKNOWN
-            order.status_reason = (
-                f"reappeared on the exchange as {report.exchange_order_id} after it was closed as never "
-                "arrived; following the exchange now"
-            )
-            logger.error("order %s: %s", order.client_order_id, order.status_reason)
-        reappeared = order.status != before
-        order.status = _next_status(order.status, report.status, order.filled_quantity, order.quantity)
-        if report.reason and not reappeared and (order.status != before or not order.status_reason):
-            order.status_reason = report.reason
-        if order.status in FINAL_STATUSES:
-            order.closed_at = order.closed_at or timezone.now()
-            _release(order, order.reserved_amount, applied)
-        _write_balances(order, applied)
-        if (
-            order.status == before
-            and not applied.count
-            and order.status_reason == report.reason
-            and order.kraken_order_id == known_id
-        ):
-            return order
-        order.save()
-        audit_record(
-            actor=actor,
-            action="order.reappeared"
-            if reappeared
-            else f"order.{order.status.lower()}"
-            if order.status != before
-            else "order.fills",
-            account=account,
-            target=order,
-            details=_order_details(order)
-            | {"from": before, "new_fills": applied.count, "realised_pnl": str(applied.realised)}
-            | ({"untracked_sold": str(applied.untracked)} if applied.untracked else {}),
-        )
+        logger.error("order %s: %s", order.client_order_id, order.status_reason)
+    reappeared = order.status != before
+    order.status = _next_status(order.status, report.status, order.filled_quantity, order.quantity)
+    if report.reason and not reappeared and (order.status != before or not order.status_reason):
+        order.status_reason = report.reason
+    if order.status in FINAL_STATUSES:
+        order.closed_at = order.closed_at or timezone.now()
+        _release(order, order.reserved_amount, applied)
+    _write_balances(order, applied)
+    if (
+        order.status == before
+        and not applied.count
+        and order.status_reason == report.reason
+        and order.kraken_order_id == known_id
+    ):
+        return order
+    order.save()
+    audit_record(
+        actor=actor,
+        action="order.reappeared"
+        if reappeared
+        else f"order.{order.status.lower()}"
+        if order.status != before
+        else "order.fills",
+        account=account,
+        target=order,
+        details=_order_details(order)
+        | {"from": before, "new_fills": applied.count, "realised_pnl": str(applied.realised)}
+        | ({"untracked_sold": str(applied.untracked)} if applied.untracked else {}),
+    )
     if order.status != before:
-        ORDERS.labels(order.broker, order.status.lower()).inc()
+        outcome = ORDERS.labels(order.broker, order.status.lower())
+        transaction.on_commit(outcome.inc)
     return order
 
 
