@@ -7,205 +7,638 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('accounts', '0003_kraken_credentials'),
-        ('trading', '0002_candle_hypertable_when_timescaledb'),
+        ("accounts", "0003_kraken_credentials"),
+        ("trading", "0002_candle_hypertable_when_timescaledb"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='HistoricalOrder',
+            name="HistoricalOrder",
             fields=[
-                ('id', models.BigIntegerField(auto_created=True, blank=True, db_index=True, verbose_name='ID')),
-                ('client_order_id', models.CharField(db_index=True, max_length=36)),
-                ('kraken_order_id', models.CharField(blank=True, db_index=True, help_text="Kraken's txid (a SIM-O id when simulated)", max_length=40)),
-                ('broker', models.CharField(choices=[('sim', 'simulated'), ('kraken', 'Kraken')], max_length=8)),
-                ('side', models.CharField(choices=[('buy', 'Buy'), ('sell', 'Sell')], max_length=4)),
-                ('order_type', models.CharField(choices=[('market', 'Market'), ('limit', 'Limit'), ('stop-loss', 'Stop Loss'), ('take-profit', 'Take Profit')], max_length=12)),
-                ('quantity', models.DecimalField(decimal_places=12, help_text='in the base asset', max_digits=30)),
-                ('limit_price', models.DecimalField(blank=True, decimal_places=12, max_digits=30, null=True)),
-                ('stop_price', models.DecimalField(blank=True, decimal_places=12, help_text='trigger price of a stop-loss or take-profit order', max_digits=30, null=True)),
-                ('status', models.CharField(choices=[('NEW', 'new (committed, not yet sent)'), ('SUBMITTED', 'submitted (sent, no answer yet)'), ('OPEN', 'open'), ('PARTIALLY_FILLED', 'partially filled'), ('FILLED', 'filled'), ('CANCELED', 'canceled'), ('REJECTED', 'rejected'), ('UNKNOWN', 'unknown (awaiting reconciliation)')], default='NEW', max_length=16)),
-                ('status_reason', models.TextField(blank=True, help_text='why it was rejected, canceled or is unknown')),
-                ('filled_quantity', models.DecimalField(decimal_places=12, default=0, max_digits=30)),
-                ('average_fill_price', models.DecimalField(blank=True, decimal_places=12, max_digits=30, null=True)),
-                ('fees_paid', models.DecimalField(decimal_places=12, default=0, help_text='in USD', max_digits=30)),
-                ('reserved_asset', models.CharField(blank=True, help_text='USD for a buy, the base for a sell', max_length=12)),
-                ('reserved_amount', models.DecimalField(decimal_places=12, default=0, help_text='still held while the order may execute', max_digits=30)),
-                ('reason', models.TextField(blank=True, help_text='why it was placed (strategy, exit, hedge, director)')),
-                ('placed_by', models.CharField(help_text='user:<name> or system:<component>', max_length=120)),
-                ('created_at', models.DateTimeField(blank=True, editable=False)),
-                ('submitted_at', models.DateTimeField(blank=True, null=True)),
-                ('closed_at', models.DateTimeField(blank=True, null=True)),
-                ('updated_at', models.DateTimeField(blank=True, editable=False)),
-                ('history_id', models.AutoField(primary_key=True, serialize=False)),
-                ('history_date', models.DateTimeField(db_index=True)),
-                ('history_change_reason', models.CharField(max_length=100, null=True)),
-                ('history_type', models.CharField(choices=[('+', 'Created'), ('~', 'Changed'), ('-', 'Deleted')], max_length=1)),
-                ('account', models.ForeignKey(blank=True, db_constraint=False, null=True, on_delete=django.db.models.deletion.DO_NOTHING, related_name='+', to='accounts.account')),
-                ('history_user', models.ForeignKey(null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('instrument', models.ForeignKey(blank=True, db_constraint=False, null=True, on_delete=django.db.models.deletion.DO_NOTHING, related_name='+', to='trading.instrument')),
-                ('placed_by_user', models.ForeignKey(blank=True, db_constraint=False, null=True, on_delete=django.db.models.deletion.DO_NOTHING, related_name='+', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigIntegerField(auto_created=True, blank=True, db_index=True, verbose_name="ID"),
+                ),
+                ("client_order_id", models.CharField(db_index=True, max_length=36)),
+                (
+                    "kraken_order_id",
+                    models.CharField(
+                        blank=True,
+                        db_index=True,
+                        help_text="Kraken's txid (a SIM-O id when simulated)",
+                        max_length=40,
+                    ),
+                ),
+                (
+                    "broker",
+                    models.CharField(choices=[("sim", "simulated"), ("kraken", "Kraken")], max_length=8),
+                ),
+                ("side", models.CharField(choices=[("buy", "Buy"), ("sell", "Sell")], max_length=4)),
+                (
+                    "order_type",
+                    models.CharField(
+                        choices=[
+                            ("market", "Market"),
+                            ("limit", "Limit"),
+                            ("stop-loss", "Stop Loss"),
+                            ("take-profit", "Take Profit"),
+                        ],
+                        max_length=12,
+                    ),
+                ),
+                (
+                    "quantity",
+                    models.DecimalField(decimal_places=12, help_text="in the base asset", max_digits=30),
+                ),
+                ("limit_price", models.DecimalField(blank=True, decimal_places=12, max_digits=30, null=True)),
+                (
+                    "stop_price",
+                    models.DecimalField(
+                        blank=True,
+                        decimal_places=12,
+                        help_text="trigger price of a stop-loss or take-profit order",
+                        max_digits=30,
+                        null=True,
+                    ),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("NEW", "new (committed, not yet sent)"),
+                            ("SUBMITTED", "submitted (sent, no answer yet)"),
+                            ("OPEN", "open"),
+                            ("PARTIALLY_FILLED", "partially filled"),
+                            ("FILLED", "filled"),
+                            ("CANCELED", "canceled"),
+                            ("REJECTED", "rejected"),
+                            ("UNKNOWN", "unknown (awaiting reconciliation)"),
+                        ],
+                        default="NEW",
+                        max_length=16,
+                    ),
+                ),
+                (
+                    "status_reason",
+                    models.TextField(blank=True, help_text="why it was rejected, canceled or is unknown"),
+                ),
+                ("filled_quantity", models.DecimalField(decimal_places=12, default=0, max_digits=30)),
+                (
+                    "average_fill_price",
+                    models.DecimalField(blank=True, decimal_places=12, max_digits=30, null=True),
+                ),
+                (
+                    "fees_paid",
+                    models.DecimalField(decimal_places=12, default=0, help_text="in USD", max_digits=30),
+                ),
+                (
+                    "reserved_asset",
+                    models.CharField(
+                        blank=True, help_text="USD for a buy, the base for a sell", max_length=12
+                    ),
+                ),
+                (
+                    "reserved_amount",
+                    models.DecimalField(
+                        decimal_places=12,
+                        default=0,
+                        help_text="still held while the order may execute",
+                        max_digits=30,
+                    ),
+                ),
+                (
+                    "reason",
+                    models.TextField(
+                        blank=True, help_text="why it was placed (strategy, exit, hedge, director)"
+                    ),
+                ),
+                (
+                    "placed_by",
+                    models.CharField(help_text="user:<name> or system:<component>", max_length=120),
+                ),
+                ("created_at", models.DateTimeField(blank=True, editable=False)),
+                ("submitted_at", models.DateTimeField(blank=True, null=True)),
+                ("closed_at", models.DateTimeField(blank=True, null=True)),
+                ("updated_at", models.DateTimeField(blank=True, editable=False)),
+                ("history_id", models.AutoField(primary_key=True, serialize=False)),
+                ("history_date", models.DateTimeField(db_index=True)),
+                ("history_change_reason", models.CharField(max_length=100, null=True)),
+                (
+                    "history_type",
+                    models.CharField(
+                        choices=[("+", "Created"), ("~", "Changed"), ("-", "Deleted")], max_length=1
+                    ),
+                ),
+                (
+                    "account",
+                    models.ForeignKey(
+                        blank=True,
+                        db_constraint=False,
+                        null=True,
+                        on_delete=django.db.models.deletion.DO_NOTHING,
+                        related_name="+",
+                        to="accounts.account",
+                    ),
+                ),
+                (
+                    "history_user",
+                    models.ForeignKey(
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "instrument",
+                    models.ForeignKey(
+                        blank=True,
+                        db_constraint=False,
+                        null=True,
+                        on_delete=django.db.models.deletion.DO_NOTHING,
+                        related_name="+",
+                        to="trading.instrument",
+                    ),
+                ),
+                (
+                    "placed_by_user",
+                    models.ForeignKey(
+                        blank=True,
+                        db_constraint=False,
+                        null=True,
+                        on_delete=django.db.models.deletion.DO_NOTHING,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'historical order',
-                'verbose_name_plural': 'historical orders',
-                'ordering': ('-history_date', '-history_id'),
-                'get_latest_by': ('history_date', 'history_id'),
+                "verbose_name": "historical order",
+                "verbose_name_plural": "historical orders",
+                "ordering": ("-history_date", "-history_id"),
+                "get_latest_by": ("history_date", "history_id"),
             },
             bases=(simple_history.models.HistoricalChanges, models.Model),
         ),
         migrations.CreateModel(
-            name='Order',
+            name="Order",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('client_order_id', models.CharField(max_length=36, unique=True)),
-                ('kraken_order_id', models.CharField(blank=True, db_index=True, help_text="Kraken's txid (a SIM-O id when simulated)", max_length=40)),
-                ('broker', models.CharField(choices=[('sim', 'simulated'), ('kraken', 'Kraken')], max_length=8)),
-                ('side', models.CharField(choices=[('buy', 'Buy'), ('sell', 'Sell')], max_length=4)),
-                ('order_type', models.CharField(choices=[('market', 'Market'), ('limit', 'Limit'), ('stop-loss', 'Stop Loss'), ('take-profit', 'Take Profit')], max_length=12)),
-                ('quantity', models.DecimalField(decimal_places=12, help_text='in the base asset', max_digits=30)),
-                ('limit_price', models.DecimalField(blank=True, decimal_places=12, max_digits=30, null=True)),
-                ('stop_price', models.DecimalField(blank=True, decimal_places=12, help_text='trigger price of a stop-loss or take-profit order', max_digits=30, null=True)),
-                ('status', models.CharField(choices=[('NEW', 'new (committed, not yet sent)'), ('SUBMITTED', 'submitted (sent, no answer yet)'), ('OPEN', 'open'), ('PARTIALLY_FILLED', 'partially filled'), ('FILLED', 'filled'), ('CANCELED', 'canceled'), ('REJECTED', 'rejected'), ('UNKNOWN', 'unknown (awaiting reconciliation)')], default='NEW', max_length=16)),
-                ('status_reason', models.TextField(blank=True, help_text='why it was rejected, canceled or is unknown')),
-                ('filled_quantity', models.DecimalField(decimal_places=12, default=0, max_digits=30)),
-                ('average_fill_price', models.DecimalField(blank=True, decimal_places=12, max_digits=30, null=True)),
-                ('fees_paid', models.DecimalField(decimal_places=12, default=0, help_text='in USD', max_digits=30)),
-                ('reserved_asset', models.CharField(blank=True, help_text='USD for a buy, the base for a sell', max_length=12)),
-                ('reserved_amount', models.DecimalField(decimal_places=12, default=0, help_text='still held while the order may execute', max_digits=30)),
-                ('reason', models.TextField(blank=True, help_text='why it was placed (strategy, exit, hedge, director)')),
-                ('placed_by', models.CharField(help_text='user:<name> or system:<component>', max_length=120)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('submitted_at', models.DateTimeField(blank=True, null=True)),
-                ('closed_at', models.DateTimeField(blank=True, null=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('account', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='orders', to='accounts.account')),
-                ('instrument', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='trading.instrument')),
-                ('placed_by_user', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("client_order_id", models.CharField(max_length=36, unique=True)),
+                (
+                    "kraken_order_id",
+                    models.CharField(
+                        blank=True,
+                        db_index=True,
+                        help_text="Kraken's txid (a SIM-O id when simulated)",
+                        max_length=40,
+                    ),
+                ),
+                (
+                    "broker",
+                    models.CharField(choices=[("sim", "simulated"), ("kraken", "Kraken")], max_length=8),
+                ),
+                ("side", models.CharField(choices=[("buy", "Buy"), ("sell", "Sell")], max_length=4)),
+                (
+                    "order_type",
+                    models.CharField(
+                        choices=[
+                            ("market", "Market"),
+                            ("limit", "Limit"),
+                            ("stop-loss", "Stop Loss"),
+                            ("take-profit", "Take Profit"),
+                        ],
+                        max_length=12,
+                    ),
+                ),
+                (
+                    "quantity",
+                    models.DecimalField(decimal_places=12, help_text="in the base asset", max_digits=30),
+                ),
+                ("limit_price", models.DecimalField(blank=True, decimal_places=12, max_digits=30, null=True)),
+                (
+                    "stop_price",
+                    models.DecimalField(
+                        blank=True,
+                        decimal_places=12,
+                        help_text="trigger price of a stop-loss or take-profit order",
+                        max_digits=30,
+                        null=True,
+                    ),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("NEW", "new (committed, not yet sent)"),
+                            ("SUBMITTED", "submitted (sent, no answer yet)"),
+                            ("OPEN", "open"),
+                            ("PARTIALLY_FILLED", "partially filled"),
+                            ("FILLED", "filled"),
+                            ("CANCELED", "canceled"),
+                            ("REJECTED", "rejected"),
+                            ("UNKNOWN", "unknown (awaiting reconciliation)"),
+                        ],
+                        default="NEW",
+                        max_length=16,
+                    ),
+                ),
+                (
+                    "status_reason",
+                    models.TextField(blank=True, help_text="why it was rejected, canceled or is unknown"),
+                ),
+                ("filled_quantity", models.DecimalField(decimal_places=12, default=0, max_digits=30)),
+                (
+                    "average_fill_price",
+                    models.DecimalField(blank=True, decimal_places=12, max_digits=30, null=True),
+                ),
+                (
+                    "fees_paid",
+                    models.DecimalField(decimal_places=12, default=0, help_text="in USD", max_digits=30),
+                ),
+                (
+                    "reserved_asset",
+                    models.CharField(
+                        blank=True, help_text="USD for a buy, the base for a sell", max_length=12
+                    ),
+                ),
+                (
+                    "reserved_amount",
+                    models.DecimalField(
+                        decimal_places=12,
+                        default=0,
+                        help_text="still held while the order may execute",
+                        max_digits=30,
+                    ),
+                ),
+                (
+                    "reason",
+                    models.TextField(
+                        blank=True, help_text="why it was placed (strategy, exit, hedge, director)"
+                    ),
+                ),
+                (
+                    "placed_by",
+                    models.CharField(help_text="user:<name> or system:<component>", max_length=120),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("submitted_at", models.DateTimeField(blank=True, null=True)),
+                ("closed_at", models.DateTimeField(blank=True, null=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "account",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="orders",
+                        to="accounts.account",
+                    ),
+                ),
+                (
+                    "instrument",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="+", to="trading.instrument"
+                    ),
+                ),
+                (
+                    "placed_by_user",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at', '-id'],
+                "ordering": ["-created_at", "-id"],
             },
         ),
         migrations.CreateModel(
-            name='Fill',
+            name="Fill",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('broker', models.CharField(choices=[('sim', 'simulated'), ('kraken', 'Kraken')], max_length=8)),
-                ('side', models.CharField(choices=[('buy', 'Buy'), ('sell', 'Sell')], max_length=4)),
-                ('trade_id', models.CharField(help_text="Kraken's trade id (a SIM- id when simulated)", max_length=40)),
-                ('price', models.DecimalField(decimal_places=12, max_digits=30)),
-                ('quantity', models.DecimalField(decimal_places=12, max_digits=30)),
-                ('fee', models.DecimalField(decimal_places=12, max_digits=30)),
-                ('fee_currency', models.CharField(max_length=12)),
-                ('liquidity', models.CharField(choices=[('maker', 'Maker'), ('taker', 'Taker')], max_length=5)),
-                ('executed_at', models.DateTimeField()),
-                ('realised_pnl', models.DecimalField(decimal_places=12, default=0, help_text='net of fees; a sell closes at average cost', max_digits=30)),
-                ('position_after', models.DecimalField(decimal_places=12, help_text='position quantity after this fill', max_digits=30)),
-                ('recorded_at', models.DateTimeField(auto_now_add=True)),
-                ('account', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='fills', to='accounts.account')),
-                ('instrument', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='trading.instrument')),
-                ('order', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='fills', to='trading.order')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "broker",
+                    models.CharField(choices=[("sim", "simulated"), ("kraken", "Kraken")], max_length=8),
+                ),
+                ("side", models.CharField(choices=[("buy", "Buy"), ("sell", "Sell")], max_length=4)),
+                (
+                    "trade_id",
+                    models.CharField(help_text="Kraken's trade id (a SIM- id when simulated)", max_length=40),
+                ),
+                ("price", models.DecimalField(decimal_places=12, max_digits=30)),
+                ("quantity", models.DecimalField(decimal_places=12, max_digits=30)),
+                ("fee", models.DecimalField(decimal_places=12, max_digits=30)),
+                ("fee_currency", models.CharField(max_length=12)),
+                (
+                    "liquidity",
+                    models.CharField(choices=[("maker", "Maker"), ("taker", "Taker")], max_length=5),
+                ),
+                ("executed_at", models.DateTimeField()),
+                (
+                    "realised_pnl",
+                    models.DecimalField(
+                        decimal_places=12,
+                        default=0,
+                        help_text="net of fees; a sell closes at average cost",
+                        max_digits=30,
+                    ),
+                ),
+                (
+                    "position_after",
+                    models.DecimalField(
+                        decimal_places=12, help_text="position quantity after this fill", max_digits=30
+                    ),
+                ),
+                ("recorded_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "account",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="fills",
+                        to="accounts.account",
+                    ),
+                ),
+                (
+                    "instrument",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="+", to="trading.instrument"
+                    ),
+                ),
+                (
+                    "order",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="fills", to="trading.order"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-executed_at', '-id'],
+                "ordering": ["-executed_at", "-id"],
             },
         ),
         migrations.CreateModel(
-            name='Position',
+            name="Position",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('broker', models.CharField(choices=[('sim', 'simulated'), ('kraken', 'Kraken')], max_length=8)),
-                ('quantity', models.DecimalField(decimal_places=12, default=0, max_digits=30)),
-                ('average_cost', models.DecimalField(decimal_places=12, default=0, help_text='USD per unit, buy fees included', max_digits=30)),
-                ('realised_pnl', models.DecimalField(decimal_places=12, default=0, help_text='USD, net of fees, since the first fill', max_digits=30)),
-                ('opened_at', models.DateTimeField(blank=True, help_text='start of the current round trip', null=True)),
-                ('trip_max_quantity', models.DecimalField(decimal_places=12, default=0, max_digits=30)),
-                ('trip_bought', models.DecimalField(decimal_places=12, default=0, max_digits=30)),
-                ('trip_buy_notional', models.DecimalField(decimal_places=12, default=0, help_text='USD, before fees', max_digits=30)),
-                ('trip_sold', models.DecimalField(decimal_places=12, default=0, max_digits=30)),
-                ('trip_sell_notional', models.DecimalField(decimal_places=12, default=0, help_text='USD, before fees', max_digits=30)),
-                ('trip_fees', models.DecimalField(decimal_places=12, default=0, help_text='USD, buys and sells', max_digits=30)),
-                ('trip_buy_fees', models.DecimalField(decimal_places=12, default=0, help_text='USD', max_digits=30)),
-                ('trip_realised_pnl', models.DecimalField(decimal_places=12, default=0, help_text='USD, net of fees', max_digits=30)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('account', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='positions', to='accounts.account')),
-                ('instrument', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='trading.instrument')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "broker",
+                    models.CharField(choices=[("sim", "simulated"), ("kraken", "Kraken")], max_length=8),
+                ),
+                ("quantity", models.DecimalField(decimal_places=12, default=0, max_digits=30)),
+                (
+                    "average_cost",
+                    models.DecimalField(
+                        decimal_places=12,
+                        default=0,
+                        help_text="USD per unit, buy fees included",
+                        max_digits=30,
+                    ),
+                ),
+                (
+                    "realised_pnl",
+                    models.DecimalField(
+                        decimal_places=12,
+                        default=0,
+                        help_text="USD, net of fees, since the first fill",
+                        max_digits=30,
+                    ),
+                ),
+                (
+                    "opened_at",
+                    models.DateTimeField(blank=True, help_text="start of the current round trip", null=True),
+                ),
+                ("trip_max_quantity", models.DecimalField(decimal_places=12, default=0, max_digits=30)),
+                ("trip_bought", models.DecimalField(decimal_places=12, default=0, max_digits=30)),
+                (
+                    "trip_buy_notional",
+                    models.DecimalField(
+                        decimal_places=12, default=0, help_text="USD, before fees", max_digits=30
+                    ),
+                ),
+                ("trip_sold", models.DecimalField(decimal_places=12, default=0, max_digits=30)),
+                (
+                    "trip_sell_notional",
+                    models.DecimalField(
+                        decimal_places=12, default=0, help_text="USD, before fees", max_digits=30
+                    ),
+                ),
+                (
+                    "trip_fees",
+                    models.DecimalField(
+                        decimal_places=12, default=0, help_text="USD, buys and sells", max_digits=30
+                    ),
+                ),
+                (
+                    "trip_buy_fees",
+                    models.DecimalField(decimal_places=12, default=0, help_text="USD", max_digits=30),
+                ),
+                (
+                    "trip_realised_pnl",
+                    models.DecimalField(
+                        decimal_places=12, default=0, help_text="USD, net of fees", max_digits=30
+                    ),
+                ),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "account",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="positions",
+                        to="accounts.account",
+                    ),
+                ),
+                (
+                    "instrument",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="+", to="trading.instrument"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['account', 'broker', 'instrument'],
+                "ordering": ["account", "broker", "instrument"],
             },
         ),
         migrations.CreateModel(
-            name='Trade',
+            name="Trade",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('broker', models.CharField(choices=[('sim', 'simulated'), ('kraken', 'Kraken')], max_length=8)),
-                ('opened_at', models.DateTimeField()),
-                ('closed_at', models.DateTimeField()),
-                ('quantity', models.DecimalField(decimal_places=12, help_text='largest quantity held during the round trip', max_digits=30)),
-                ('entry_price', models.DecimalField(decimal_places=12, help_text='average buy price, before fees', max_digits=30)),
-                ('exit_price', models.DecimalField(decimal_places=12, help_text='average sell price, before fees', max_digits=30)),
-                ('fees', models.DecimalField(decimal_places=12, help_text='USD, buys and sells', max_digits=30)),
-                ('net_pnl', models.DecimalField(decimal_places=12, help_text='USD, after all fees', max_digits=30)),
-                ('return_pct', models.DecimalField(decimal_places=8, help_text='net PnL over cost, in %', max_digits=20)),
-                ('account', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='trades', to='accounts.account')),
-                ('closing_fill', models.OneToOneField(on_delete=django.db.models.deletion.PROTECT, related_name='closed_trade', to='trading.fill')),
-                ('instrument', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='trading.instrument')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "broker",
+                    models.CharField(choices=[("sim", "simulated"), ("kraken", "Kraken")], max_length=8),
+                ),
+                ("opened_at", models.DateTimeField()),
+                ("closed_at", models.DateTimeField()),
+                (
+                    "quantity",
+                    models.DecimalField(
+                        decimal_places=12,
+                        help_text="largest quantity held during the round trip",
+                        max_digits=30,
+                    ),
+                ),
+                (
+                    "entry_price",
+                    models.DecimalField(
+                        decimal_places=12, help_text="average buy price, before fees", max_digits=30
+                    ),
+                ),
+                (
+                    "exit_price",
+                    models.DecimalField(
+                        decimal_places=12, help_text="average sell price, before fees", max_digits=30
+                    ),
+                ),
+                (
+                    "fees",
+                    models.DecimalField(decimal_places=12, help_text="USD, buys and sells", max_digits=30),
+                ),
+                (
+                    "net_pnl",
+                    models.DecimalField(decimal_places=12, help_text="USD, after all fees", max_digits=30),
+                ),
+                (
+                    "return_pct",
+                    models.DecimalField(decimal_places=8, help_text="net PnL over cost, in %", max_digits=20),
+                ),
+                (
+                    "account",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="trades",
+                        to="accounts.account",
+                    ),
+                ),
+                (
+                    "closing_fill",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="closed_trade",
+                        to="trading.fill",
+                    ),
+                ),
+                (
+                    "instrument",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="+", to="trading.instrument"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-closed_at', '-id'],
+                "ordering": ["-closed_at", "-id"],
             },
         ),
         migrations.CreateModel(
-            name='Balance',
+            name="Balance",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('broker', models.CharField(choices=[('sim', 'simulated'), ('kraken', 'Kraken')], max_length=8)),
-                ('asset', models.CharField(help_text='common code: USD, BTC, ETH…', max_length=12)),
-                ('total', models.DecimalField(decimal_places=12, default=0, max_digits=30)),
-                ('reserved', models.DecimalField(decimal_places=12, default=0, max_digits=30)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('account', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='balances', to='accounts.account')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "broker",
+                    models.CharField(choices=[("sim", "simulated"), ("kraken", "Kraken")], max_length=8),
+                ),
+                ("asset", models.CharField(help_text="common code: USD, BTC, ETH…", max_length=12)),
+                ("total", models.DecimalField(decimal_places=12, default=0, max_digits=30)),
+                ("reserved", models.DecimalField(decimal_places=12, default=0, max_digits=30)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "account",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="balances",
+                        to="accounts.account",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['account', 'broker', 'asset'],
-                'constraints': [models.UniqueConstraint(fields=('account', 'broker', 'asset'), name='balance_unique_account_broker_asset'), models.CheckConstraint(condition=models.Q(('total__gte', 0), ('reserved__gte', 0), ('reserved__lte', models.F('total'))), name='balance_never_negative')],
+                "ordering": ["account", "broker", "asset"],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("account", "broker", "asset"), name="balance_unique_account_broker_asset"
+                    ),
+                    models.CheckConstraint(
+                        condition=models.Q(
+                            ("total__gte", 0), ("reserved__gte", 0), ("reserved__lte", models.F("total"))
+                        ),
+                        name="balance_never_negative",
+                    ),
+                ],
             },
         ),
         migrations.AddIndex(
-            model_name='order',
-            index=models.Index(fields=['account', 'broker', 'status'], name='order_account_broker_status'),
+            model_name="order",
+            index=models.Index(fields=["account", "broker", "status"], name="order_account_broker_status"),
         ),
         migrations.AddConstraint(
-            model_name='order',
-            constraint=models.CheckConstraint(condition=models.Q(('quantity__gt', 0)), name='order_quantity_positive'),
+            model_name="order",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("quantity__gt", 0)), name="order_quantity_positive"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='order',
-            constraint=models.CheckConstraint(condition=models.Q(('filled_quantity__gte', 0), ('filled_quantity__lte', models.F('quantity'))), name='order_filled_within_quantity'),
+            model_name="order",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    ("filled_quantity__gte", 0), ("filled_quantity__lte", models.F("quantity"))
+                ),
+                name="order_filled_within_quantity",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='order',
-            constraint=models.CheckConstraint(condition=models.Q(('reserved_amount__gte', 0)), name='order_reserved_nonnegative'),
+            model_name="order",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("reserved_amount__gte", 0)), name="order_reserved_nonnegative"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='fill',
-            constraint=models.UniqueConstraint(fields=('account', 'broker', 'trade_id'), name='fill_unique_trade'),
+            model_name="fill",
+            constraint=models.UniqueConstraint(
+                fields=("account", "broker", "trade_id"), name="fill_unique_trade"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='fill',
-            constraint=models.CheckConstraint(condition=models.Q(('price__gt', 0), ('quantity__gt', 0), ('fee__gte', 0)), name='fill_values_sane'),
+            model_name="fill",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("price__gt", 0), ("quantity__gt", 0), ("fee__gte", 0)),
+                name="fill_values_sane",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='position',
-            constraint=models.UniqueConstraint(fields=('account', 'broker', 'instrument'), name='position_unique_account_broker_instrument'),
+            model_name="position",
+            constraint=models.UniqueConstraint(
+                fields=("account", "broker", "instrument"), name="position_unique_account_broker_instrument"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='position',
-            constraint=models.CheckConstraint(condition=models.Q(('quantity__gte', 0)), name='position_never_short'),
+            model_name="position",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("quantity__gte", 0)), name="position_never_short"
+            ),
         ),
     ]
