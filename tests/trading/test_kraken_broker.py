@@ -31,6 +31,7 @@ from trading.brokers.kraken import (
     order_params,
     private_client,
 )
+from trading.selectors import pair_rules_for
 
 BTC_USD = "BTC/USD"
 ALLOWED_ADDORDER_PARAMS = {"nonce", "pair", "type", "ordertype", "volume", "price", "cl_ord_id", "oflags"}
@@ -99,20 +100,7 @@ def broker(make_broker):
 
 
 def rules(instrument, **changes) -> PairRules:
-    base = PairRules(
-        symbol=instrument.symbol,
-        kraken_pair=instrument.kraken_pair,
-        base_asset=instrument.base_asset,
-        quote_asset="USD",
-        ordermin=instrument.ordermin,
-        costmin=instrument.costmin,
-        tick_size=instrument.tick_size,
-        pair_decimals=instrument.pair_decimals,
-        lot_decimals=instrument.lot_decimals,
-        cost_decimals=instrument.cost_decimals,
-        status=instrument.status,
-    )
-    return replace(base, **changes)
+    return replace(pair_rules_for(instrument), **changes)
 
 
 _counter = iter(range(1, 10**6))

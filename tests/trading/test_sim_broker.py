@@ -9,12 +9,12 @@ from decimal import Decimal
 
 import pytest
 
-from trading.brokers.base import Broker, OrderKind, OrderRequest, Side, Status
+from trading.brokers.base import Broker, OrderRequest, Side, Status
 from trading.brokers.sim import SimBroker
 from trading.matching import Bar, Quote, SlippageModel, log_return_volatility
 from trading.models import AccountFeeTier, Balance, Candle, FeedStatus, Fill, Order, OrderStatus
 from trading.quotes import DatabaseQuoteSource, MemoryQuoteSource
-from trading.selectors import pair_rules_for
+from trading.services.orders import order_request
 
 D = Decimal
 NOW = datetime(2026, 9, 25, 12, 0, tzinfo=UTC)
@@ -77,17 +77,8 @@ def make_order(
 
 
 def request_of(order: Order) -> OrderRequest:
-    """The request as the order service builds it: straight from the row (12-decimal Decimals)."""
-    return OrderRequest(
-        account_id=order.account_id,
-        client_order_id=order.client_order_id,
-        pair=pair_rules_for(order.instrument),
-        side=Side(order.side),
-        kind=OrderKind(order.order_type),
-        quantity=order.quantity,
-        limit_price=order.limit_price,
-        stop_price=order.stop_price,
-    )
+    """The request exactly as the order service builds it from the row."""
+    return order_request(order)
 
 
 def book_snapshot(account):
