@@ -259,3 +259,25 @@ def test_an_open_sell_order_counts_against_what_may_still_be_sold(funded, btc):
     second = sell(funded, btc, "0.01")
     assert second.status == OrderStatus.REJECTED
     assert "0.005" in second.status_reason  # 0.02 held, 0.015 already offered
+
+
+def test_a_simulator_failure_keeps_the_committed_intent_and_is_raised(funded, btc):
+    def broken(account, name):
+        raise RuntimeError("simulator bug")
+
+    with pytest.raises(RuntimeError, match="simulator bug"):
+        order_submit(
+            account=funded,
+            actor=ENGINE,
+            instrument=btc,
+            side="buy",
+            order_type="market",
+            quantity=D("0.01"),
+            client_order_id="intent-kept",
+            broker_factory=broken,
+        )
+    order = Order.objects.get(client_order_id="intent-kept")
+    assert order.status == OrderStatus.NEW
+    assert order.reserved_amount > 0
+    assert order_actions(order) == ["order.submit"]
+    assert not Fill.objects.exists()

@@ -84,11 +84,14 @@ class SimBroker:
         quotes: QuoteSource | None = None,
         slippage: SlippageModel | None = None,
         clock: Callable[[], datetime] = timezone.now,
+        fees: Callable[..., FeeRates] | None = None,
     ) -> None:
         self.account = account
         self.quotes = DatabaseQuoteSource() if quotes is None else quotes
         self.slippage = default_slippage() if slippage is None else slippage
         self.clock = clock
+        # The account's fee tier (``fee_rates_for`` unless the caller already read it for this order).
+        self.fees = fee_rates_for if fees is None else fees
 
     # --- Orders ------------------------------------------------------------------------------------------
 
@@ -117,7 +120,7 @@ class SimBroker:
                 "stale: the simulator does not fill against an old price"
             )
 
-        fees = fee_rates_for(account=self.account, instrument=instrument)
+        fees = self.fees(account=self.account, instrument=instrument)
         execution = match_on_submit(request, quote, fees=fees, slippage=self.slippage, at=now)
         problem = self._funds_problem(request, execution=execution, fees=fees)
         if problem:
@@ -217,7 +220,7 @@ class SimBroker:
         )
         if not orders:
             return []
-        fees = fee_rates_for(account=self.account, instrument=instrument)
+        fees = self.fees(account=self.account, instrument=instrument)
         rules = pair_rules_for(instrument)
         reports = []
         for order in orders:

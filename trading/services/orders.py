@@ -173,7 +173,9 @@ def order_submit(
     Calling it again with the same ``client_order_id`` returns that order and sends nothing."""
     from trading.quotes import DatabaseQuoteSource
 
-    quotes = _QuotesOfThisOrder(quotes or DatabaseQuoteSource())
+    this_order = _ThisOrder(quotes or DatabaseQuoteSource())
+    if broker_factory is None:
+        broker_factory = _with_quotes(this_order)
     order, created = order_record(
         account=account,
         actor=actor,
@@ -185,24 +187,35 @@ def order_submit(
         stop_price=stop_price,
         client_order_id=client_order_id,
         reason=reason,
-        quotes=quotes,
+        quotes=this_order,
+        simulate_with=broker_factory,
     )
     if not created or order.status != OrderStatus.NEW:
         return order
-    return order_send(order_id=order.pk, actor=actor, broker_factory=broker_factory, quotes=quotes)
+    return order_send(order_id=order.pk, actor=actor, broker_factory=broker_factory)
 
 
-class _QuotesOfThisOrder:
-    """One look at the market per order: the reservation and the simulator see the same quote."""
+class _ThisOrder:
+    """One look at the market and at the fee tier per order: the reservation and the simulator see the
+    same quote and the same rates."""
 
     def __init__(self, source) -> None:
         self.source = source
-        self.seen: dict[int, object] = {}
+        self.quotes: dict[int, object] = {}
+        self.rates: dict[tuple[int, int], object] = {}
 
     def quote(self, instrument):
-        if instrument.pk not in self.seen:
-            self.seen[instrument.pk] = self.source.quote(instrument)
-        return self.seen[instrument.pk]
+        if instrument.pk not in self.quotes:
+            self.quotes[instrument.pk] = self.source.quote(instrument)
+        return self.quotes[instrument.pk]
+
+    def fee_rates(self, *, account, instrument):
+        from trading.selectors import fee_rates_for
+
+        key = (account.pk, instrument.pk)
+        if key not in self.rates:
+            self.rates[key] = fee_rates_for(account=account, instrument=instrument)
+        return self.rates[key]
 
 
 def order_record(
@@ -218,10 +231,16 @@ def order_record(
     client_order_id: str | None = None,
     reason: str = "",
     quotes=None,
+    simulate_with: BrokerFactory | None = None,
 ) -> tuple[Order, bool]:
     """Step 1 of ``order_submit``: the intent, committed with its audit event and reservation. Returns
     ``(order, created)``; an order the rules refuse is recorded REJECTED with the reason. ``quotes`` (a
-    ``trading.quotes.QuoteSource``) prices a market order's reservation; the database's by default."""
+    ``trading.quotes.QuoteSource``) prices a market order's reservation; the database's by default.
+
+    With ``simulate_with`` (``order_submit`` passes it), an order of a simulated account is handed to the
+    simulator inside this same transaction: there is no network call to commit before, and the order
+    commits already matched. Should the simulator fail, the intent still commits (NEW, for reconciliation
+    to close) and the error is raised after."""
     from trading.matching import check_order
 
     if side not in Side.__members__.values() or order_type not in OrderKind.__members__.values():
@@ -269,7 +288,13 @@ def order_record(
         if not problems and reference is None:
             problems = [f"no market price for {instrument.symbol} yet: the order cannot be sized or reserved"]
         if not problems:
-            problems = _reserve(order, account=account, instrument=instrument, reference=reference)
+            problems = _reserve(
+                order,
+                account=account,
+                instrument=instrument,
+                reference=reference,
+                fees=getattr(quotes, "fee_rates", None),
+            )
         if problems:
             _rejected(order, "; ".join(problems))
         order.save()
@@ -280,15 +305,40 @@ def order_record(
             target=order,
             details=_order_details(order),
         )
+        failure = None
+        if simulate_with is not None and broker == BrokerName.SIM and not problems:
+            try:
+                with transaction.atomic():
+                    order = _simulate(order, account, actor, simulate_with)
+            except Exception as exc:  # the intent commits; the error is raised once it has
+                logger.exception("order %s: the simulator failed; left NEW", order.client_order_id)
+                failure = exc
     ORDERS.labels(broker, "rejected" if problems else "recorded").inc()
+    if failure is not None:
+        raise failure
     return order, True
 
 
-def _reserve(order: Order, *, account: Account, instrument: Instrument, reference: Decimal) -> list[str]:
+def _simulate(order: Order, account: Account, actor, broker_factory: BrokerFactory) -> Order:
+    """Match an order just recorded for a simulated account and apply the result (the account is locked
+    by the caller's transaction; the position is locked next, the new order is ours alone)."""
+    position, _ = Position.objects.select_for_update().get_or_create(
+        account=account, broker=BrokerName.SIM, instrument=order.instrument
+    )
+    try:
+        report = broker_factory(account, BrokerName.SIM).submit(order_request(order))
+    except BrokerRefused as exc:
+        report = OrderReport(client_order_id=order.client_order_id, status=Status.REJECTED, reason=str(exc))
+    return _apply_locked(order, position, report, actor, submitted_at=timezone.now())
+
+
+def _reserve(
+    order: Order, *, account: Account, instrument: Instrument, reference: Decimal, fees=None
+) -> list[str]:
     """Reserve what the order may use; a problem (not enough available) instead of a negative balance."""
     from trading.selectors import fee_rates_for
 
-    rates = fee_rates_for(account=account, instrument=instrument)
+    rates = (fees or fee_rates_for)(account=account, instrument=instrument)
     buffer = Decimal(0) if order.order_type == OrderType.LIMIT else settings.ORDER_RESERVE_BUFFER_PCT
     need = ledger.reservation_for(
         side=order.side,
@@ -388,7 +438,7 @@ def _with_quotes(quotes) -> BrokerFactory:
         if name == BrokerName.SIM:
             from trading.brokers.sim import SimBroker
 
-            return SimBroker(account, quotes=quotes)
+            return SimBroker(account, quotes=quotes, fees=getattr(quotes, "fee_rates", None))
         return default_broker(account, name)
 
     return factory
