@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from learning.errors import LearningDataError
-from learning.regime import DEFAULT_RULES, RegimeRules, regime_codes
+from learning.regime import DEFAULT_RULES, RegimeRules, codes_of, regime_inputs_of_log
 from learning.rolling import (
     lag,
     rolling_max,
@@ -85,6 +85,12 @@ class PreparedCandles:
     @cached_property
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.values, index=self.index, columns=list(COLUMNS))
+
+    @cached_property
+    def cross_asset(self) -> np.ndarray:
+        """:func:`cross_asset_columns` of these candles (used when they are BTC/USD's), computed once per
+        prepared window: every altcoin of a cycle aligns onto the same BTC columns."""
+        return cross_asset_columns(self.column("close"))
 
     @property
     def unfilled_gaps(self) -> tuple[Gap, ...]:
@@ -204,18 +210,18 @@ def feature_matrix(
         safe_divide(log_volume - rolling_mean(log_volume, 72), rolling_std(log_volume, 72), default=0.0)
     )
     columns += list(cross_asset.T)
-    columns.append(regime_codes(close, regime_rules))
+    columns.append(codes_of(regime_inputs_of_log(log_close, r1, regime_rules).strength, regime_rules))
     return np.column_stack(columns)
 
 
 def _aligned_cross_asset(prepared: PreparedCandles, btc: PreparedCandles | None) -> np.ndarray:
     if prepared.pair == BTC:
-        return cross_asset_columns(prepared.column("close"))
+        return prepared.cross_asset
     if btc is None:
         raise LearningDataError(
             prepared.pair, f"cross-asset features need {BTC} candles of the same timeframe"
         )
-    own = cross_asset_columns(btc.column("close"))  # on BTC's own bars, then matched by open time
+    own = btc.cross_asset  # on BTC's own bars, then matched by open time
     btc_times, times = btc.index.asi8, prepared.index.asi8
     where = np.clip(np.searchsorted(btc_times, times), 0, len(btc_times) - 1)
     found = btc_times[where] == times

@@ -46,7 +46,14 @@ class RegimeInputs:
 
 def regime_inputs(close: np.ndarray, rules: RegimeRules = DEFAULT_RULES) -> RegimeInputs:
     log_close = np.log(close)
-    returns = log_close - lag(log_close, 1)
+    return regime_inputs_of_log(log_close, log_close - lag(log_close, 1), rules)
+
+
+def regime_inputs_of_log(
+    log_close: np.ndarray, returns: np.ndarray, rules: RegimeRules = DEFAULT_RULES
+) -> RegimeInputs:
+    """:func:`regime_inputs` from the log closes and their one-bar log returns (the feature function has
+    them already): the same arithmetic, so the same labels."""
     slope = rolling_slope(log_close, rules.trend_window)
     volatility = rolling_std(returns, rules.trend_window)
     strength = safe_divide(slope * np.sqrt(rules.trend_window), volatility, default=0.0)
@@ -55,7 +62,10 @@ def regime_inputs(close: np.ndarray, rules: RegimeRules = DEFAULT_RULES) -> Regi
 
 def regime_codes(close: np.ndarray, rules: RegimeRules = DEFAULT_RULES) -> np.ndarray:
     """+1 / -1 / 0 per bar (NaN during warm-up and next to gaps)."""
-    strength = regime_inputs(close, rules).strength
+    return codes_of(regime_inputs(close, rules).strength, rules)
+
+
+def codes_of(strength: np.ndarray, rules: RegimeRules = DEFAULT_RULES) -> np.ndarray:
     codes = np.where(strength > rules.threshold, 1.0, np.where(strength < -rules.threshold, -1.0, 0.0))
     return np.where(np.isnan(strength), np.nan, codes)
 
