@@ -5,16 +5,18 @@ The path of one order (``order_submit``):
 1. **Intent**, one transaction: lock the account row, return the existing order when the client order id
    is known (idempotent), choose the broker from the account's mode *now* (``sim`` or ``kraken``), check the
    pair's Kraken rules, reserve the USD (buy) or the base (sell) it may use, insert the row ``NEW`` and its
-   audit event. Commit. Nothing has touched the network yet.
-2. **Send**: mark ``SUBMITTED`` (committed), then hand the order to its broker. The Kraken broker runs under
-   the account's private-call lock and refuses an account that is simulated by then.
+   audit event. A simulated order is handed to the simulator inside this same transaction (there is no
+   network call) and commits already matched; a Kraken order commits as ``NEW`` before anything is sent.
+2. **Send** (Kraken): mark ``SUBMITTED`` (committed), then hand the order to the broker, outside any
+   transaction. It runs under the account's private-call lock and refuses an account simulated by then.
 3. **Apply** (``order_apply_report``), one transaction: the broker's report moves the status, every new fill
    updates the position, the balances and the reservation, a round trip that closes writes a ``Trade``, and
    one audit event records it all.
 
 A worker that dies between 1 and 2 leaves ``NEW``, between 2 and 3 ``SUBMITTED``: reconciliation
 (``trading/services/reconcile.py``) asks the broker by client order id and applies what it says; it never
-resends. A timeout is ``UNKNOWN``, never a failure.
+resends. A timeout is ``UNKNOWN``, never a failure. ``order_submit`` must not be called inside an outer
+transaction: the intent has to be committed before the network call.
 
 Lock order (always): account → position → order → balances.
 """
@@ -384,15 +386,14 @@ def _sellable(account: Account, broker: str, instrument: Instrument) -> Decimal:
     return held - offered
 
 
-def order_send(*, order_id: int, actor, broker_factory: BrokerFactory | None = None, quotes=None) -> Order:
+def order_send(*, order_id: int, actor, broker_factory: BrokerFactory | None = None) -> Order:
     """Step 2: send a NEW order to its broker and apply the report; any other order is returned as it is
     (a second worker cannot send it twice).
 
     Kraken: the order is marked SUBMITTED and committed first, then sent outside any transaction (a
     network call never holds row locks). The simulator has no network: the order is matched and the
     result applied in one transaction, under the account's and the order's locks."""
-    if broker_factory is None:
-        broker_factory = default_broker if quotes is None else _with_quotes(quotes)
+    broker_factory = broker_factory or default_broker
     broker_name, account_id = Order.objects.values_list("broker", "account_id").get(pk=order_id)
     if broker_name == BrokerName.SIM:
         return _send_simulated(order_id, account_id, actor, broker_factory)
@@ -830,10 +831,3 @@ def sim_balance_set(*, account: Account, asset: str, amount: Decimal, actor, rea
             details={"asset": balance.asset, "before": str(before), "after": str(amount), "reason": reason},
         )
     return balance
-
-
-def open_order_ids(*, account: Account, broker: str | None = None) -> list[int]:
-    orders = Order.objects.filter(account=account, status__in=LIVE_STATUSES)
-    if broker is not None:
-        orders = orders.filter(broker=broker)
-    return list(orders.values_list("pk", flat=True))
