@@ -281,3 +281,20 @@ def test_a_simulator_failure_keeps_the_committed_intent_and_is_raised(funded, bt
     assert order.reserved_amount > 0
     assert order_actions(order) == ["order.submit"]
     assert not Fill.objects.exists()
+
+
+def test_a_new_simulated_order_left_by_a_failure_can_be_sent_once(funded, btc):
+    from trading.services.orders import order_send
+
+    def broken(account, name):
+        raise RuntimeError("simulator bug")
+
+    with pytest.raises(RuntimeError):
+        buy(funded, btc, "0.01", client_order_id="retry-me", broker_factory=broken)
+    order = Order.objects.get(client_order_id="retry-me")
+    sent = order_send(order_id=order.pk, actor=ENGINE)
+    assert sent.status == OrderStatus.FILLED
+    again = order_send(order_id=order.pk, actor=ENGINE)  # a second send changes nothing
+    assert again.status == OrderStatus.FILLED
+    assert Fill.objects.filter(order=order).count() == 1
+    assert balance(funded, "USD").reserved == 0
