@@ -34,6 +34,15 @@ def schedule() -> list[Entry]:
             description="Resolve UNKNOWN orders, add missing fills, sync balances and fees; report drift.",
         )
     ]
+    entries.append(
+        Entry(
+            name="NAV snapshot of all accounts",
+            task="risk.nav_snapshot_all",
+            every_seconds=settings.NAV_SNAPSHOT_EVERY_SECONDS,
+            queue="trading",
+            description="Mark every account's book; feeds the daily-drawdown kill switch.",
+        )
+    )
     for pair in settings.AETHER_PAIRS:
         entries.append(
             Entry(

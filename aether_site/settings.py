@@ -177,6 +177,8 @@ CELERY_TASK_DEFAULT_QUEUE = "trading"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # How often beat reconciles every account with its broker (aether_site/beat.py).
 RECONCILE_EVERY_SECONDS = env.int("RECONCILE_EVERY_SECONDS", 300, minimum=30)
+# How often beat marks every account's book to market: how quickly the daily-drawdown kill switch reacts.
+NAV_SNAPSHOT_EVERY_SECONDS = env.int("NAV_SNAPSHOT_EVERY_SECONDS", 60, minimum=10)
 
 # --- Market data ------------------------------------------------------------------------------------------
 

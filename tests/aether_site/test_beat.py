@@ -15,10 +15,12 @@ def test_install_beat_schedule_creates_every_task_once_and_keeps_a_pause(db, set
     settings.AETHER_PAIRS = ["BTC/USD", "ETH/USD"]
     out = io.StringIO()
     call_command("install_beat_schedule", stdout=out)
-    assert "3 tasks, 3 created, 0 updated" in out.getvalue()
+    assert "4 tasks, 4 created, 0 updated" in out.getvalue()
     reconcile = PeriodicTask.objects.get(name="reconcile all accounts")
     assert reconcile.task == "trading.reconcile_all"
     assert reconcile.interval.every == settings.RECONCILE_EVERY_SECONDS
+    nav = PeriodicTask.objects.get(name="NAV snapshot of all accounts")
+    assert (nav.task, nav.interval.every) == ("risk.nav_snapshot_all", settings.NAV_SNAPSHOT_EVERY_SECONDS)
     retrain = PeriodicTask.objects.get(name="retrain ETH/USD 60m")
     assert (retrain.task, json.loads(retrain.args), retrain.queue) == (
         "learning.retrain",
@@ -29,7 +31,7 @@ def test_install_beat_schedule_creates_every_task_once_and_keeps_a_pause(db, set
     reconcile.enabled = False  # a director pauses it in the admin
     reconcile.save()
     call_command("install_beat_schedule", stdout=(again := io.StringIO()))
-    assert "3 tasks, 0 created, 0 updated" in again.getvalue()
+    assert "4 tasks, 0 created, 0 updated" in again.getvalue()
     assert PeriodicTask.objects.get(name="reconcile all accounts").enabled is False
 
 
