@@ -281,6 +281,8 @@ def _enforce_on_commit(*, account_id: int, actions, actor, broker_factory=None, 
     flatten = engine.Action.FLATTEN in actions
     if not (cancel or flatten):
         return
+    # robust: a failing enforcement is logged by Django and never stops the other commit hooks; the
+    # trip itself is committed either way and entries stay refused at order entry while latched.
     transaction.on_commit(
         lambda: killswitch_enforce(
             account_id=account_id,
@@ -289,7 +291,8 @@ def _enforce_on_commit(*, account_id: int, actions, actor, broker_factory=None, 
             flatten=flatten,
             broker_factory=broker_factory,
             quotes=quotes,
-        )
+        ),
+        robust=True,
     )
 
 

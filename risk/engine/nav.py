@@ -70,9 +70,11 @@ class DayEquity:
 
     @property
     def drawdown_pct(self) -> Decimal:
-        """``(high_water - equity) / high_water x 100``; 100 when the mark is not positive (nothing left)."""
+        """``(high_water - equity) / high_water x 100``. A day whose high is not positive (an account not
+        funded yet, a live book before its first reconciliation) has no drawdown to measure: 0, so an
+        empty account never trips the kill switch; new exposure is refused there anyway (no equity)."""
         if self.high_water <= 0:
-            return HUNDRED
+            return Decimal(0)
         return max(Decimal(0), (self.high_water - self.equity) / self.high_water * HUNDRED)
 
 

@@ -287,6 +287,10 @@ def test_nav_snapshot_command_records_one_account_or_all(firm):
     assert (snapshot.reason, snapshot.equity) == ("manual", D("1234.5"))
     assert "nav_snapshot: 3 recorded, 0 refused" in run("nav_snapshot", "--reason", "schedule")
     assert NavSnapshot.objects.count() == 4
+    # The two accounts with nothing in them have no drawdown to measure: their switches stay armed.
+    for account in (firm.company, firm.bob_account):
+        assert entries_allowed(account) is True
+        assert NavSnapshot.objects.get(account=account).drawdown_pct == 0
 
 
 def test_nav_snapshot_command_reports_an_unmarkable_book(firm, universe):

@@ -52,3 +52,11 @@ def test_out_of_order_and_naive_times_are_refused():
         observe_equity(day, equity=D(1), at=at(4))
     with pytest.raises(RiskInputError, match="time zone"):
         observe_equity(None, equity=D(1), at=datetime(2026, 11, 21))
+
+
+def test_an_account_with_nothing_in_it_has_no_drawdown_to_trip_on():
+    # Not funded yet (or a live book before its first reconciliation): the day's high is 0.
+    day = observe_equity(None, equity=D(0), at=at(1))
+    assert day.drawdown_pct == 0
+    funded = observe_equity(day, equity=D(10000), at=at(2))
+    assert (funded.high_water, funded.drawdown_pct) == (D(10000), 0)

@@ -30,10 +30,10 @@ def test_a_simulated_market_order_is_recorded_sent_and_applied_in_a_bounded_numb
             quantity=D("0.01"),
         )
     assert order.status == OrderStatus.FILLED
-    # One transaction: the intent (account lock, id check, quote, fee tier, reservation, order + history,
-    # audit), then the simulator's reads and the fill applied (position, fill, balances, order + history,
-    # audit). 36 statements with the savepoints when this was written (the first order of an account also
-    # creates its position and base balance), plus, on PostgreSQL, two per audit event: the account row's
-    # key share and the chain's advisory lock.
-    bound = 36 + (4 if connection.vendor == "postgresql" else 0)
+    # One transaction: the intent (account lock, id check, kill switch, quote, fee tier, reservation,
+    # order + history, audit), then the simulator's reads and the fill applied (position, fill, balances,
+    # order + history, audit). 37 statements with the savepoints when this was written (the first order of
+    # an account also creates its position and base balance), plus, on PostgreSQL, two per audit event:
+    # the account row's key share and the chain's advisory lock.
+    bound = 37 + (4 if connection.vendor == "postgresql" else 0)
     assert len(queries.captured_queries) <= bound, "\n".join(q["sql"][:120] for q in queries.captured_queries)

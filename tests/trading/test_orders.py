@@ -298,3 +298,30 @@ def test_a_new_simulated_order_left_by_a_failure_can_be_sent_once(funded, btc):
     assert again.status == OrderStatus.FILLED
     assert Fill.objects.filter(order=order).count() == 1
     assert balance(funded, "USD").reserved == 0
+
+
+@pytest.mark.parametrize("gate", ["halted", "latched", "trading_disabled"])
+def test_no_buy_is_recorded_while_the_account_may_not_open_positions_but_sells_pass(funded, btc, firm, gate):
+    from datetime import date
+
+    from accounts.services import account_set_trading_enabled
+    from risk.models import KillSwitch
+
+    buy(funded, btc, "0.02")
+    if gate == "trading_disabled":
+        account_set_trading_enabled(actor=firm.owner, account=funded, enabled=False, reason="test")
+    else:
+        KillSwitch.objects.create(
+            account=funded,
+            status="tripped" if gate == "latched" else "armed",
+            tripped_on=date(2026, 11, 21) if gate == "latched" else None,
+            reason="daily drawdown 3.1 % >= 3 %" if gate == "latched" else "",
+            halted=gate == "halted",
+            halt_reason="director's halt" if gate == "halted" else "",
+        )
+    funded.refresh_from_db()
+    refused = buy(funded, btc, "0.01")
+    assert refused.status == OrderStatus.REJECTED
+    assert "no new positions" in refused.status_reason
+    exit_ = sell(funded, btc, "0.02")
+    assert exit_.status == OrderStatus.FILLED

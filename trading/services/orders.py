@@ -124,6 +124,21 @@ def _check_actor(actor, account: Account) -> None:
         raise PermissionDenied(f"{actor_label(actor)} may not place orders for {account}: directors only.")
 
 
+def _entry_gates(account: Account) -> list[str]:
+    """A buy opens or adds exposure: refused while the account's trading switch is off, a director halted
+    it, or its kill switch is latched (sells, which reduce exposure, always pass here)."""
+    from risk.selectors import switch_state_for
+
+    if not account.trading_enabled:
+        return [f"trading is disabled for {account}: no new positions are opened"]
+    state = switch_state_for(account=account)
+    if state.halted:
+        return [f"{account} is halted by a director ({state.halt_reason}): no new positions"]
+    if state.latched:
+        return [f"the kill switch of {account} is latched ({state.reason}): no new positions until re-armed"]
+    return []
+
+
 def _reference_price(
     instrument: Instrument, order_type: str, side: str, limit_price, stop_price, quotes
 ) -> Decimal | None:
@@ -285,8 +300,9 @@ def order_record(
             placed_by=actor_label(actor),
             placed_by_user=actor_user(actor),
         )
+        problems = _entry_gates(account) if side == Side.BUY else []
         reference = _reference_price(instrument, order_type, side, limit_price, stop_price, quotes)
-        problems = check_order(order_request(order), reference_price=reference)
+        problems = problems or check_order(order_request(order), reference_price=reference)
         if not problems and reference is None:
             problems = [f"no market price for {instrument.symbol} yet: the order cannot be sized or reserved"]
         if not problems:
