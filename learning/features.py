@@ -192,7 +192,8 @@ def feature_matrix(
     log_close = np.log(close)
     r1 = log_close - lag(log_close, 1)
     columns = [log_close - lag(log_close, k) for k in RETURN_WINDOWS]
-    columns += [rolling_std(r1, 24), rolling_std(r1, 72)]
+    volatility = {24: rolling_std(r1, 24), 72: rolling_std(r1, 72)}
+    columns += [volatility[24], volatility[72]]
 
     previous = lag(close, 1)
     true_range = np.maximum(high - low, np.maximum(np.abs(high - previous), np.abs(low - previous)))
@@ -210,7 +211,10 @@ def feature_matrix(
         safe_divide(log_volume - rolling_mean(log_volume, 72), rolling_std(log_volume, 72), default=0.0)
     )
     columns += list(cross_asset.T)
-    columns.append(codes_of(regime_inputs_of_log(log_close, r1, regime_rules).strength, regime_rules))
+    regime = regime_inputs_of_log(
+        log_close, r1, regime_rules, volatility=volatility.get(regime_rules.trend_window)
+    )
+    columns.append(codes_of(regime.strength, regime_rules))
     return np.column_stack(columns)
 
 

@@ -50,12 +50,18 @@ def regime_inputs(close: np.ndarray, rules: RegimeRules = DEFAULT_RULES) -> Regi
 
 
 def regime_inputs_of_log(
-    log_close: np.ndarray, returns: np.ndarray, rules: RegimeRules = DEFAULT_RULES
+    log_close: np.ndarray,
+    returns: np.ndarray,
+    rules: RegimeRules = DEFAULT_RULES,
+    *,
+    volatility: np.ndarray | None = None,
 ) -> RegimeInputs:
     """:func:`regime_inputs` from the log closes and their one-bar log returns (the feature function has
-    them already): the same arithmetic, so the same labels."""
+    them already, and ``volatility``, ``rolling_std(returns, rules.trend_window)``, when it has that too):
+    the same arithmetic, so the same labels."""
     slope = rolling_slope(log_close, rules.trend_window)
-    volatility = rolling_std(returns, rules.trend_window)
+    if volatility is None:
+        volatility = rolling_std(returns, rules.trend_window)
     strength = safe_divide(slope * np.sqrt(rules.trend_window), volatility, default=0.0)
     return RegimeInputs(slope=slope, volatility=volatility, strength=strength)
 
