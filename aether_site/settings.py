@@ -159,7 +159,7 @@ else:
 # With REDIS_URL the broker is Redis. In embedded mode (no REDIS_URL) it is kombu's filesystem transport
 # under var/celery: a real broker that a worker and beat on this machine share, so embedded mode runs the
 # same task code as production without any service. CELERY_BROKER_URL overrides both.
-CELERY_EMBEDDED_DIR = VAR_DIR / "celery"
+CELERY_EMBEDDED_DIR = Path(env.str("CELERY_EMBEDDED_DIR", str(VAR_DIR / "celery")))
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", REDIS_URL or "filesystem://")
 if CELERY_BROKER_URL == "filesystem://":
     CELERY_BROKER_TRANSPORT_OPTIONS = {

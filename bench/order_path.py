@@ -63,6 +63,9 @@ def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "aether_site.settings")
     os.environ.setdefault("LOG_LEVEL", "warning")
     os.environ.setdefault("DEBUG", "false")  # as in production: no query log kept in memory
+    # The fill snapshots it queues go to a scratch broker folder, never the developer's var/celery.
+    queue_dir = tempfile.mkdtemp(prefix="aether-bench-celery-")
+    os.environ["CELERY_EMBEDDED_DIR"] = queue_dir
     if scratch:
         os.environ.setdefault("KRAKEN_LOCK_DIR", f"{scratch}/locks")
     import django
@@ -155,6 +158,7 @@ def main() -> None:
             drop_postgres_database(admin_url, bench_db)
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(queue_dir, ignore_errors=True)
     if on_exchange != ours:
         sys.exit(f"bench/order_path.py: {ours} orders in the book but {on_exchange} on the fake Kraken")
 

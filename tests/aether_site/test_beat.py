@@ -41,3 +41,26 @@ def test_every_scheduled_task_is_registered_with_celery(db, settings):
     app.loader.import_default_modules()
     for entry in schedule():
         assert entry.task in app.tasks, entry.task
+
+
+def test_the_embedded_broker_has_its_folders_before_the_first_message(tmp_path):
+    """Embedded mode's filesystem broker: sending a task on a fresh machine must not fail for a folder."""
+    from celery import Celery
+
+    from aether_site.celery import _embedded_broker_folders
+
+    queue, processed = tmp_path / "celery" / "queue", tmp_path / "celery" / "processed"
+    probe = Celery("probe")
+    probe.conf.broker_url = "filesystem://"
+    probe.conf.broker_transport_options = {
+        "data_folder_in": str(queue),
+        "data_folder_out": str(queue),
+        "processed_folder": str(processed),
+    }
+    _embedded_broker_folders(probe)
+    assert queue.is_dir()
+    assert processed.is_dir()
+    with probe.connection_for_write() as connection:
+        producer = connection.Producer()
+        producer.publish({"hello": "aether"}, routing_key="trading", declare=[])
+    assert list(queue.iterdir()), "the message is in the queue folder"
