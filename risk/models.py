@@ -178,6 +178,12 @@ class KillSwitch(AccountOwned):
     day_high = models.DecimalField(**MONEY, null=True, blank=True, help_text="the day's equity high, USD")
     day_equity = models.DecimalField(**MONEY, null=True, blank=True, help_text="the latest equity, USD")
     day_at = models.DateTimeField(null=True, blank=True, help_text="when the latest equity was marked")
+    # What a trip or halt asks of the order book (cancel entries, flatten) and is not done yet. Set in the
+    # transition's transaction; cleared only by a sweep that finds it done (``killswitch_enforce``).
+    enforcement_due = models.BooleanField(
+        default=False, help_text="the trip's or halt's cancels / flattening are not confirmed done yet"
+    )
+    enforcement_problems = models.TextField(blank=True, help_text="what the last enforcement sweep left")
     updated_at = models.DateTimeField(auto_now=True)
 
     history = HistoricalRecords()

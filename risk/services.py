@@ -9,6 +9,7 @@ commit, through the order services, which audit every order they touch.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -24,7 +25,17 @@ from governance.actors import SystemActor, actor_label
 from governance.services import audit_record
 from risk import engine
 from risk.models import KillSwitch, NavSnapshot, RiskPolicy
-from trading.models import LIVE_STATUSES, Balance, BrokerName, Order, OrderType, Position, Side
+from trading.models import (
+    FINAL_STATUSES,
+    LIVE_STATUSES,
+    Balance,
+    BrokerName,
+    Order,
+    OrderStatus,
+    OrderType,
+    Position,
+    Side,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +47,8 @@ KILL_SWITCH_TRIPS = Counter(
 KILL_SWITCH = SystemActor("kill_switch")
 #: Creates an account's default policy on first use.
 POLICY_DEFAULTS = SystemActor("risk_policy")
+#: Money entering or leaving an account from outside (a deposit, a withdrawal) seen by the platform.
+EXTERNAL_FLOW = SystemActor("external_flow")
 
 QUOTE_ASSET = "USD"
 DRAWDOWN_PLACES = Decimal("0.000001")
@@ -166,6 +179,7 @@ def _switch_values(switch: KillSwitch) -> dict:
         "reason": switch.reason,
         "halted": switch.halted,
         "halt_reason": switch.halt_reason,
+        "enforcement_due": switch.enforcement_due,
     }
 
 
@@ -186,6 +200,7 @@ class Enforcement:
     canceled: tuple[int, ...] = ()  # order ids
     sold: tuple[int, ...] = ()  # ids of the flattening sells
     problems: tuple[str, ...] = field(default=())
+    complete: bool = True  # no live entry order (and, when flattening, no position) is left
 
     def summary(self) -> str:
         text = f"{len(self.canceled)} entry order(s) canceled, {len(self.sold)} flattening sell(s) placed"
@@ -206,6 +221,7 @@ def _apply_transition(
         except engine.KillSwitchRefused as exc:
             raise _refused(exc) from None
         switch.set_state(transition.state)
+        _mark_enforcement(switch, transition.actions)
         switch.save()
         audit_record(
             actor=actor,
@@ -219,14 +235,21 @@ def _apply_transition(
                 "note": note,
             },
         )
-        _enforce_on_commit(
-            account_id=locked.pk,
-            actions=transition.actions,
-            actor=actor,
-            broker_factory=broker_factory,
-            quotes=quotes,
-        )
+        if switch.enforcement_due:
+            _enforce_on_commit(
+                account_id=locked.pk, actor=KILL_SWITCH, broker_factory=broker_factory, quotes=quotes
+            )
     return switch
+
+
+def _mark_enforcement(switch: KillSwitch, actions) -> None:
+    """A transition asking to cancel entries or flatten makes enforcement due (in its own transaction, so
+    the duty cannot be lost with the process); a switch that is neither latched nor halted owes none."""
+    state = switch.to_engine()
+    if not (state.latched or state.halted):
+        switch.enforcement_due, switch.enforcement_problems = False, ""
+    elif engine.Action.CANCEL_ENTRY_ORDERS in actions or engine.Action.FLATTEN in actions:
+        switch.enforcement_due = True
 
 
 def killswitch_halt(*, account: Account, actor, reason: str, broker_factory=None, quotes=None) -> KillSwitch:
@@ -276,112 +299,286 @@ def killswitch_rearm(*, account: Account, actor, reason: str = "", now: datetime
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _enforce_on_commit(*, account_id: int, actions, actor, broker_factory=None, quotes=None) -> None:
-    cancel = engine.Action.CANCEL_ENTRY_ORDERS in actions
-    flatten = engine.Action.FLATTEN in actions
-    if not (cancel or flatten):
-        return
-    # robust: a failing enforcement is logged by Django and never stops the other commit hooks; the
-    # trip itself is committed either way and entries stay refused at order entry while latched.
+#: Seconds between the Celery task's attempts to finish an enforcement the in-process sweep left undone.
+ENFORCE_RETRY_SECONDS = 30
+
+_sweeping = threading.local()
+
+
+def _enforce_on_commit(*, account_id: int, actor, broker_factory=None, quotes=None) -> None:
+    """After the commit, run the sweep here and now (the trip's cancels should not wait for a queue or a
+    worker); if it is not complete, or raises, hand it to the ``risk.killswitch_enforce`` task (bounded
+    retries). Robust: a failure is logged by Django and never stops the other commit hooks. Whatever
+    happens, ``enforcement_due`` stays set until a sweep finds the work done, and every NAV snapshot
+    while latched or halted runs the sweep again."""
     transaction.on_commit(
-        lambda: killswitch_enforce(
-            account_id=account_id,
-            actor=actor,
-            cancel_entries=cancel,
-            flatten=flatten,
-            broker_factory=broker_factory,
-            quotes=quotes,
+        lambda: _enforce_now_or_queue(
+            account_id=account_id, actor=actor, broker_factory=broker_factory, quotes=quotes
         ),
         robust=True,
     )
 
 
-def killswitch_enforce(
-    *, account_id: int, actor, cancel_entries: bool, flatten: bool, broker_factory=None, quotes=None
-) -> Enforcement:
-    """Cancel the account's open entry orders (its live buys, on either book) and, with ``flatten``, sell
-    every position of the current book at market. Each order is handled by the order services (and audited
-    by them); one that fails is reported and the rest still go. A summary event closes the list."""
-    from trading.services.orders import order_cancel, order_submit
+def _enforce_now_or_queue(*, account_id: int, actor, broker_factory=None, quotes=None) -> None:
+    complete = False
+    try:
+        complete = killswitch_enforce(
+            account_id=account_id, actor=actor, broker_factory=broker_factory, quotes=quotes
+        ).complete
+    finally:
+        if not complete:
+            from risk.tasks import killswitch_enforce as enforce_task
 
-    account = Account.objects.get(pk=account_id)
-    canceled, sold, problems = [], [], []
-    if cancel_entries:
-        entries = Order.objects.filter(account=account, side=Side.BUY, status__in=LIVE_STATUSES)
-        for order in entries.order_by("created_at", "id"):
-            try:
-                result = order_cancel(
-                    order=order,
-                    actor=actor,
-                    reason="kill switch: entries blocked",
-                    broker_factory=broker_factory,
-                )
-            except Exception as exc:  # one failed cancel must not stop the others
-                logger.exception("kill switch: cancel of order %s failed", order.pk)
-                problems.append(f"cancel {order.client_order_id}: {exc}")
-                continue
-            if result.status == "CANCELED":
-                canceled.append(order.pk)
-            else:
-                problems.append(f"{order.client_order_id} is {result.status}, not canceled")
-    if flatten:
-        broker = _broker_of(account)
-        positions = Position.objects.filter(account=account, broker=broker, quantity__gt=0).select_related(
-            "instrument"
-        )
-        for position in positions.order_by("instrument__symbol"):
-            resting = Order.objects.filter(
-                account=account,
-                broker=broker,
-                instrument=position.instrument,
-                side=Side.SELL,
-                status__in=LIVE_STATUSES,
-            )
-            for order in resting:  # a resting sell reserves the base the flattening sell needs
+            enforce_task.apply_async((account_id,), countdown=ENFORCE_RETRY_SECONDS)
+
+
+def _sweep_plan(switch: KillSwitch | None, account: Account) -> tuple[bool, bool]:
+    """(cancel entry orders, flatten) as the switch's state asks now."""
+    if switch is None:
+        return False, False
+    state = switch.to_engine()
+    cancel = state.latched or state.halted
+    flatten = state.latched and _flatten_on_breach(account)
+    return cancel, flatten
+
+
+def _flatten_on_breach(account: Account) -> bool:
+    policy = RiskPolicy.objects.filter(account=account).first()
+    return (policy.to_engine() if policy else engine.RiskPolicy()).flatten_on_breach
+
+
+def killswitch_enforce(
+    *, account_id: int, actor=KILL_SWITCH, broker_factory=None, quotes=None
+) -> Enforcement:
+    """The idempotent enforcement sweep: while the switch is latched or halted, cancel the account's open
+    entry orders (its live buys, on either book); while latched with ``flatten_on_breach``, sell every
+    position of the current book at market (:func:`_flatten`). Each order is handled by the order services
+    (and audited by them); one that fails is reported and the rest still go.
+
+    Then, under the switch's lock, ``enforcement_due`` is cleared only when no live buy order remains and,
+    when flattening is asked, no position remains; otherwise what is left is stored in
+    ``enforcement_problems``. The summary is audited: ``killswitch.enforced`` when complete,
+    ``killswitch.enforcement_incomplete`` (and logged as an error) when not. A sweep already running in
+    this thread for the account (a fill's hook inside a sweep) is not started twice."""
+    from trading.services.orders import order_cancel
+
+    running = getattr(_sweeping, "accounts", None)
+    if running is None:
+        running = _sweeping.accounts = set()
+    if account_id in running:
+        return Enforcement(complete=False, problems=("a sweep of this account is already running",))
+    running.add(account_id)
+    try:
+        account = Account.objects.get(pk=account_id)
+        cancel_entries, flatten = _sweep_plan(KillSwitch.objects.filter(account=account).first(), account)
+        canceled, sold, problems = [], [], []
+        if cancel_entries:
+            entries = Order.objects.filter(account=account, side=Side.BUY, status__in=LIVE_STATUSES)
+            for order in entries.order_by("created_at", "id"):
                 try:
-                    order_cancel(
-                        order=order, actor=actor, reason="kill switch: flatten", broker_factory=broker_factory
+                    result = order_cancel(
+                        order=order,
+                        actor=actor,
+                        reason="kill switch: entries blocked",
+                        broker_factory=broker_factory,
                     )
-                except Exception as exc:
-                    logger.exception("kill switch: cancel of resting sell %s failed", order.pk)
-                    problems.append(f"cancel {order.client_order_id}: {exc}")
-            position.refresh_from_db()
-            if position.quantity <= 0:
-                continue
-            try:
-                order = order_submit(
-                    account=account,
+                except Exception as exc:  # one failed cancel must not stop the others
+                    logger.exception("kill switch: cancel of order %s failed", order.pk)
+                    problems.append(f"cancel {order.client_order_id}: {type(exc).__name__}: {exc}")
+                    continue
+                if result.status == OrderStatus.CANCELED:
+                    canceled.append(order.pk)
+                elif result.status not in FINAL_STATUSES:
+                    problems.append(f"{order.client_order_id} is {result.status}, not canceled")
+        if flatten:
+            broker = _broker_of(account)
+            positions = Position.objects.filter(
+                account=account, broker=broker, quantity__gt=0
+            ).select_related("instrument")
+            for position in positions.order_by("instrument__symbol"):
+                _flatten(
+                    position,
                     actor=actor,
-                    instrument=position.instrument,
-                    side=Side.SELL,
-                    order_type=OrderType.MARKET,
-                    quantity=position.quantity,
-                    reason="kill switch: flatten",
                     broker_factory=broker_factory,
                     quotes=quotes,
+                    sold=sold,
+                    problems=problems,
                 )
-            except Exception as exc:
-                logger.exception("kill switch: flattening sell of %s failed", position.instrument)
-                problems.append(f"sell {position.instrument}: {exc}")
-                continue
-            sold.append(order.pk)
-            if order.status == "REJECTED":
-                problems.append(f"sell {position.instrument} rejected: {order.status_reason}")
-    result = Enforcement(tuple(canceled), tuple(sold), tuple(problems))
+        return _enforcement_close(account, actor, canceled=canceled, sold=sold, problems=problems)
+    finally:
+        running.discard(account_id)
+
+
+def _flatten(position: Position, *, actor, broker_factory, quotes, sold: list, problems: list) -> None:
+    """Sell one position at market. Its resting sells reserve the base the market sell needs: each is
+    canceled first and must be confirmed CANCELED (or FILLED, or otherwise closed: then what is left is
+    read again) before anything is sold; one that cannot be confirmed leaves the position unsold and
+    reported. A market sell that raises, is rejected or is not confirmed filled is reported."""
+    from trading.services.orders import order_cancel, order_submit
+
+    account, instrument = position.account, position.instrument
+    resting = Order.objects.filter(
+        account=account,
+        broker=position.broker,
+        instrument=instrument,
+        side=Side.SELL,
+        status__in=LIVE_STATUSES,
+    ).order_by("created_at", "id")
+    blocked, unprotected = False, False
+    for order in resting:
+        try:
+            result = order_cancel(
+                order=order, actor=actor, reason="kill switch: flatten", broker_factory=broker_factory
+            )
+        except Exception as exc:
+            logger.exception("kill switch: cancel of resting sell %s failed", order.pk)
+            problems.append(
+                f"{instrument.symbol}: cancel of resting sell {order.client_order_id} failed "
+                f"({type(exc).__name__}: {exc}); not sold"
+            )
+            blocked = True
+            continue
+        if result.status not in FINAL_STATUSES:
+            problems.append(
+                f"{instrument.symbol}: resting sell {order.client_order_id} is {result.status}, not "
+                "canceled; not sold"
+            )
+            blocked = True
+        elif result.status == OrderStatus.CANCELED:
+            unprotected = True
+    if blocked:
+        return
+    position.refresh_from_db()
+    quantity = position.quantity
+    shown = _qty(quantity)
+    if quantity <= 0:
+        return  # a resting sell filled instead: nothing is left to sell
+    left = f" (its resting sells were canceled: {instrument.symbol} is unprotected)" if unprotected else ""
+    try:
+        order = order_submit(
+            account=account,
+            actor=actor,
+            instrument=instrument,
+            side=Side.SELL,
+            order_type=OrderType.MARKET,
+            quantity=quantity,
+            reason="kill switch: flatten",
+            broker_factory=broker_factory,
+            quotes=quotes,
+        )
+    except Exception as exc:
+        logger.exception("kill switch: flattening sell of %s failed", instrument)
+        problems.append(
+            f"{instrument.symbol}: flattening sell of {shown} failed ({type(exc).__name__}: {exc}){left}"
+        )
+        return
+    sold.append(order.pk)
+    if order.status == OrderStatus.REJECTED:
+        problems.append(
+            f"{instrument.symbol}: flattening sell {order.client_order_id} of {shown} rejected: "
+            f"{order.status_reason}{left}"
+        )
+    elif order.status != OrderStatus.FILLED:
+        problems.append(
+            f"{instrument.symbol}: flattening sell {order.client_order_id} of {shown} is {order.status}, "
+            "not confirmed filled"
+        )
+
+
+def _qty(quantity: Decimal) -> str:
+    return format(quantity.normalize(), "f")
+
+
+def _enforcement_close(account: Account, actor, *, canceled, sold, problems) -> Enforcement:
+    """Under the switch's lock: what is left now decides whether enforcement is still due."""
     with transaction.atomic():
+        locked = _lock_account(account)
+        switch = _lock_switch(locked)
+        cancel_entries, flatten = _sweep_plan(switch, locked)
+        entries_left = list(
+            Order.objects.filter(account=locked, side=Side.BUY, status__in=LIVE_STATUSES)
+            .order_by("id")
+            .values_list("client_order_id", flat=True)
+        )
+        positions_left = (
+            [
+                f"{symbol} {_qty(quantity)}"
+                for symbol, quantity in Position.objects.filter(
+                    account=locked, broker=_broker_of(locked), quantity__gt=0
+                )
+                .order_by("instrument__symbol")
+                .values_list("instrument__symbol", "quantity")
+            ]
+            if flatten
+            else []
+        )
+        left = []
+        if cancel_entries and entries_left:
+            left.append(f"live entry orders left: {', '.join(entries_left)}")
+        if positions_left:
+            left.append(f"positions left: {', '.join(positions_left)}")
+        complete = not left
+        result = Enforcement(tuple(canceled), tuple(sold), tuple(problems), complete=complete)
+        before = (switch.enforcement_due, switch.enforcement_problems)
+        switch.enforcement_due = not complete
+        switch.enforcement_problems = "" if complete else "; ".join([*problems, *left])
+        if (switch.enforcement_due, switch.enforcement_problems) != before:
+            switch.save(update_fields=["enforcement_due", "enforcement_problems", "updated_at"])
         audit_record(
             actor=actor,
-            action="killswitch.enforced",
-            account=account,
+            action="killswitch.enforced" if complete else "killswitch.enforcement_incomplete",
+            account=locked,
+            target=switch,
             details={
                 "canceled_order_ids": list(result.canceled),
                 "flatten_order_ids": list(result.sold),
                 "problems": list(result.problems),
+                "left": left,
             },
         )
-    if problems:
+    if not complete:
         logger.error("kill switch of %s: %s", account.slug, result.summary())
     return result
+
+
+def risk_external_flow(
+    *, account: Account, broker: str, amount: Decimal, at: datetime, source: str, actor=EXTERNAL_FLOW
+) -> KillSwitch | None:
+    """Money entered (``amount`` > 0) or left (< 0) ``broker``'s book of the account from outside: a
+    deposit is not profit and a withdrawal is not a loss, so the UTC day's high-water mark and latest
+    equity move by the flow (``risk.engine.external_flow``). Runs in the caller's transaction when there is
+    one (the caller changed the balance under the account's lock), under the switch's lock; audited as
+    ``risk.external_flow`` with the record before and after. Nothing to move (no record of that book for
+    that day yet: the next snapshot starts from the new balance) records nothing."""
+    amount = Decimal(amount)
+    if not amount.is_finite():
+        raise ValidationError(f"an external flow of {amount} is not possible")
+    if not amount:
+        return None
+    with transaction.atomic():
+        locked = _lock_account(account)
+        switch = KillSwitch.objects.select_for_update().filter(account=locked).first()
+        record = switch.day_record(broker) if switch is not None else None
+        if record is None or record.day != engine.utc_day(at):
+            return None
+        moved = engine.external_flow(record, amount=amount)
+        switch.set_day_record(moved, broker)
+        switch.save()
+        audit_record(
+            actor=actor,
+            action="risk.external_flow",
+            account=locked,
+            target=switch,
+            details={
+                "broker": broker,
+                "amount": str(amount),
+                "source": source,
+                "at": at.isoformat(),
+                "before": {"day_high": str(record.high_water), "day_equity": str(record.equity)},
+                "after": {"day_high": str(moved.high_water), "day_equity": str(moved.equity)},
+            },
+        )
+    return switch
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -457,12 +654,15 @@ def nav_snapshot_record(
     _require_director_or_platform(actor, account, "record a NAV snapshot")
     if reason not in NavSnapshot.Reason.values:
         raise ValidationError(f"NAV snapshot reason must be one of {', '.join(NavSnapshot.Reason.values)}")
-    now = now or timezone.now()
     quotes = quotes or DatabaseQuoteSource()
-    policy = risk_policy_for(account=account).to_engine()
+    risk_policy_for(account=account)  # created (its own transaction) before the locks are taken
     with transaction.atomic():
         locked = _lock_account(account)
         switch = _lock_switch(locked)
+        # Read under the lock: a snapshot that waited for another one is marked after it, never before
+        # (it would be refused as out of order), and with the policy as it is now.
+        now = now or timezone.now()
+        policy = RiskPolicy.objects.get(account=locked).to_engine()
         broker = _broker_of(locked)
         book = nav_mark_book(account=locked, broker=broker, quotes=quotes, now=now)
         try:
@@ -475,6 +675,7 @@ def nav_snapshot_record(
         checked = engine.on_equity(changed.state, day=day, policy=policy)
         switch.set_state(checked.state)
         switch.set_day_record(day, broker)
+        _mark_enforcement(switch, checked.actions)
         switch.save()
 
         snapshot = NavSnapshot.objects.create(
@@ -521,11 +722,10 @@ def nav_snapshot_record(
             )
             transaction.on_commit(KILL_SWITCH_TRIPS.labels(account=locked.slug).inc)
             logger.error("kill switch of %s tripped: %s", locked.slug, switch.reason)
+        if switch.enforcement_due:
+            # A trip's enforcement, or one a crash, a failed cancel or a refused sell left undone: every
+            # snapshot while latched or halted runs the idempotent sweep again after the commit.
             _enforce_on_commit(
-                account_id=locked.pk,
-                actions=checked.actions,
-                actor=KILL_SWITCH,
-                broker_factory=broker_factory,
-                quotes=quotes,
+                account_id=locked.pk, actor=KILL_SWITCH, broker_factory=broker_factory, quotes=quotes
             )
     return snapshot

@@ -43,6 +43,23 @@ def private_files_and_locks(settings, tmp_path_factory):
     close_lock_connections()
 
 
+@pytest.fixture(autouse=True)
+def celery_sent(monkeypatch) -> list[tuple[str, tuple, dict]]:
+    """No test publishes a Celery message: the embedded broker is a folder of the developer's machine (a
+    worker there would run the message against another database) and does not exist in CI. Every
+    ``delay`` / ``apply_async`` is recorded here instead, as ``(task name, args, options)``; a test that
+    wants the task to run calls it itself."""
+    from celery.app.task import Task
+
+    sent: list[tuple[str, tuple, dict]] = []
+
+    def record(self, args=None, kwargs=None, **options):
+        sent.append((self.name, tuple(args or ()), dict(kwargs or {}) | options))
+
+    monkeypatch.setattr(Task, "apply_async", record)
+    return sent
+
+
 def is_postgresql() -> bool:
     return connection.vendor == "postgresql"
 

@@ -44,7 +44,7 @@ from risk.engine.killswitch import (
     rearm,
     resume,
 )
-from risk.engine.nav import DayEquity, Mark, marked_equity, observe_equity, utc_day
+from risk.engine.nav import DayEquity, Mark, external_flow, marked_equity, observe_equity, utc_day
 from risk.engine.policy import Distance, ExitRule, RiskPolicy
 from risk.engine.reasons import Code, Finding, RiskInputError
 from risk.engine.sizing import Size, floor_to_lot, price_volatility, size_entry
@@ -81,6 +81,7 @@ __all__ = [
     "correlated_groups",
     "entries_allowed",
     "evaluate_bar",
+    "external_flow",
     "floor_to_lot",
     "group_exposures",
     "group_of",

@@ -90,3 +90,13 @@ def observe_equity(previous: DayEquity | None, *, equity: Decimal, at: datetime)
     if at < previous.at:
         raise RiskInputError(f"equity at {at} is older than the last one at {previous.at}")
     return replace(previous, high_water=max(previous.high_water, equity), equity=equity, at=at)
+
+
+def external_flow(previous: DayEquity, *, amount: Decimal) -> DayEquity:
+    """The day record after money entered (``amount`` > 0, a deposit) or left (< 0, a withdrawal) the
+    account from outside: the high-water mark and the latest equity move by the flow, so a deposit is not
+    profit and a withdrawal is not a drawdown. The time of the record stays (snapshots still arrive in
+    order)."""
+    if not is_number(amount):
+        raise RiskInputError(f"external flow {amount} is not a number")
+    return replace(previous, high_water=previous.high_water + amount, equity=previous.equity + amount)

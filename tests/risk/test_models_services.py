@@ -340,7 +340,10 @@ def test_a_drawdown_at_the_limit_trips_blocks_entries_and_cancels_open_entry_ord
         "canceled_order_ids": [book["resting"].pk],
         "flatten_order_ids": [],
         "problems": [],
+        "left": [],
     }
+    switch.refresh_from_db()
+    assert (switch.enforcement_due, switch.enforcement_problems) == (False, "")
     assert trips("alice") == before + 1
     assert switch.history.filter(status="tripped").exists()
 

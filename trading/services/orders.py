@@ -608,7 +608,19 @@ def _apply_locked(
     if order.status != before:
         outcome = ORDERS.labels(order.broker, order.status.lower())
         transaction.on_commit(outcome.inc)
+    if applied.count:
+        # Every fill moves the equity: the account's NAV is marked again (and the kill switch fed) by the
+        # ``risk.nav_snapshot`` task once the fills are committed. Robust: a broker that cannot take the
+        # message is logged and never stops the other commit hooks; the scheduled snapshot still runs.
+        account_id = account.pk  # (a lambda, not a partial: Django names the hook when it logs a failure)
+        transaction.on_commit(lambda: _queue_fill_snapshot(account_id), robust=True)
     return order
+
+
+def _queue_fill_snapshot(account_id: int) -> None:
+    from risk.tasks import nav_snapshot
+
+    nav_snapshot.delay(account_id, "fill")
 
 
 def _apply_fill(order: Order, position: Position, report: FillReport, applied: AppliedFills) -> None:
@@ -845,5 +857,16 @@ def sim_balance_set(*, account: Account, asset: str, amount: Decimal, actor, rea
             account=account,
             target=balance,
             details={"asset": balance.asset, "before": str(before), "after": str(amount), "reason": reason},
+        )
+        # Money in or out from outside is neither profit nor loss: the kill switch's day record follows it.
+        from risk.services import risk_external_flow
+
+        risk_external_flow(
+            account=account,
+            broker=BrokerName.SIM,
+            amount=amount - before,
+            at=timezone.now(),
+            source=f"sim_balance_set: {reason}",
+            actor=actor,
         )
     return balance

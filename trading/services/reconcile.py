@@ -28,7 +28,7 @@ from accounts.models import Account
 from governance.services import audit_record
 from trading.brokers.base import OrderReport, Status
 from trading.models import LIVE_STATUSES, Balance, BrokerName, Fill, Order, OrderStatus
-from trading.services.orders import BrokerFactory, default_broker, order_apply_report
+from trading.services.orders import QUOTE_ASSET, BrokerFactory, default_broker, order_apply_report
 
 NOT_SENT = (OrderStatus.NEW, OrderStatus.SUBMITTED, OrderStatus.UNKNOWN)
 
@@ -266,6 +266,7 @@ def _sync_balances(*, account: Account, report: ReconcileReport, actor, exchange
             row.asset: row
             for row in Balance.objects.select_for_update().filter(account=account, broker=BrokerName.KRAKEN)
         }
+        usd_flow = Decimal(0)
         for asset in sorted(set(theirs) | set(rows)):
             row = rows.get(asset) or Balance(account=account, broker=BrokerName.KRAKEN, asset=asset)
             total = theirs[asset].total if asset in theirs else Decimal(0)
@@ -273,8 +274,24 @@ def _sync_balances(*, account: Account, report: ReconcileReport, actor, exchange
             if row.pk is None or row.total != total or row.reserved != held:
                 if row.pk is not None and abs(row.total - total) > _tolerance(asset):
                     report.balance_drift[asset] = {"ours": str(row.total), "kraken": str(total)}
+                    if asset == QUOTE_ASSET:
+                        # Our fills are applied by now: USD that Kraken holds beyond our book came in or
+                        # went out from outside (a deposit, a withdrawal), not from trading.
+                        usd_flow = total - row.total
                 row.total, row.reserved = total, held
                 row.save()
+        if usd_flow:
+            from risk.services import risk_external_flow
+
+            risk_external_flow(
+                account=account,
+                broker=BrokerName.KRAKEN,
+                amount=usd_flow,
+                at=timezone.now(),
+                source="reconcile: Kraken's USD balance differs from our book",
+                actor=actor,
+            )
+            report.notes.append(f"USD {usd_flow:+} taken as a deposit/withdrawal by the kill switch")
         audit_record(actor=actor, action="reconcile", account=account, details=report.details())
 
 
