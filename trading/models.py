@@ -306,6 +306,28 @@ class Position(AccountOwned):
     trip_fees = models.DecimalField(**MONEY, default=0, help_text="USD, buys and sells")
     trip_buy_fees = models.DecimalField(**MONEY, default=0, help_text="USD")
     trip_realised_pnl = models.DecimalField(**MONEY, default=0, help_text="USD, net of fees")
+    # The exit plan (``risk.engine.ExitPlan``), written only by ``risk.pretrade.exits_plan`` and
+    # ``exits_evaluate``; empty while the position is flat or has not been planned yet.
+    exit_entry_price = models.DecimalField(
+        **MONEY, null=True, blank=True, help_text="entry price the plan was computed from, before fees"
+    )
+    stop_price = models.DecimalField(
+        **MONEY, null=True, blank=True, help_text="current stop (rises with the trailing stop, never falls)"
+    )
+    initial_stop_price = models.DecimalField(**MONEY, null=True, blank=True, help_text="stop at entry")
+    take_profit_price = models.DecimalField(
+        **MONEY, null=True, blank=True, help_text="fee-aware: clears the round-trip fees and the minimum edge"
+    )
+    trailing_distance = models.DecimalField(
+        **MONEY, null=True, blank=True, help_text="trailing distance in USD (ATR rule), fixed at entry"
+    )
+    trailing_pct = models.DecimalField(
+        **MONEY, null=True, blank=True, help_text="trailing distance in % of the high (percent rule)"
+    )
+    trail_high = models.DecimalField(
+        **MONEY, null=True, blank=True, help_text="highest price since entry; empty: no trailing stop"
+    )
+    exit_planned_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
