@@ -22,6 +22,6 @@ def _embedded_broker_folders(sender, **kwargs) -> None:
     if sender.conf.broker_url != "filesystem://":
         return
     options = sender.conf.broker_transport_options or {}
-    for key in ("data_folder_in", "data_folder_out", "processed_folder"):
+    for key in ("data_folder_in", "data_folder_out", "processed_folder", "control_folder"):
         if options.get(key):
             Path(options[key]).mkdir(parents=True, exist_ok=True)

@@ -166,6 +166,7 @@ if CELERY_BROKER_URL == "filesystem://":
         "data_folder_in": str(CELERY_EMBEDDED_DIR / "queue"),
         "data_folder_out": str(CELERY_EMBEDDED_DIR / "queue"),
         "processed_folder": str(CELERY_EMBEDDED_DIR / "processed"),
+        "control_folder": str(CELERY_EMBEDDED_DIR / "control"),
         "store_processed": False,
     }
 CELERY_TASK_IGNORE_RESULT = True

@@ -49,18 +49,20 @@ def test_the_embedded_broker_has_its_folders_before_the_first_message(tmp_path):
 
     from aether_site.celery import _embedded_broker_folders
 
-    queue, processed = tmp_path / "celery" / "queue", tmp_path / "celery" / "processed"
+    folders = {name: tmp_path / "celery" / name for name in ("queue", "processed", "control")}
     probe = Celery("probe")
     probe.conf.broker_url = "filesystem://"
     probe.conf.broker_transport_options = {
-        "data_folder_in": str(queue),
-        "data_folder_out": str(queue),
-        "processed_folder": str(processed),
+        "data_folder_in": str(folders["queue"]),
+        "data_folder_out": str(folders["queue"]),
+        "processed_folder": str(folders["processed"]),
+        "control_folder": str(folders["control"]),
     }
     _embedded_broker_folders(probe)
-    assert queue.is_dir()
-    assert processed.is_dir()
-    with probe.connection_for_write() as connection:
-        producer = connection.Producer()
-        producer.publish({"hello": "aether"}, routing_key="trading", declare=[])
+    assert all(folder.is_dir() for folder in folders.values())
+    queue = folders["queue"]
+    probe.send_task("aether.probe", args=[1], queue="trading")
     assert list(queue.iterdir()), "the message is in the queue folder"
+    assert list(folders["control"].iterdir()), (
+        "the exchange table is kept there too, not in the working directory"
+    )
