@@ -53,14 +53,13 @@ from risk.selectors import engine_policy_for, switch_state_for
 from trading.models import (
     LIVE_STATUSES,
     Balance,
-    BrokerName,
     Candle,
     Instrument,
     Order,
     Position,
     Side,
 )
-from trading.selectors import fee_rates_for, pair_rules_for
+from trading.selectors import book_of, fee_rates_for, pair_rules_for
 
 logger = logging.getLogger(__name__)
 
@@ -69,10 +68,6 @@ RISK_DECISIONS = Counter(
 )
 
 QUOTE_ASSET = "USD"
-
-
-def _broker_of(account: Account) -> str:
-    return BrokerName.SIM if account.simulation_mode else BrokerName.KRAKEN
 
 
 def slippage_pct() -> Decimal:
@@ -133,7 +128,7 @@ def risk_snapshot(*, account: Account, instrument: Instrument, now=None, quotes=
     now = now or timezone.now()
     quotes = quotes or DatabaseQuoteSource()
     account = Account.objects.get(pk=account.pk)
-    broker = _broker_of(account)
+    broker = book_of(account)
     policy = engine_policy_for(account=account)
 
     universe = Instrument.objects.filter(symbol__endswith="/USD", status=Instrument.Status.ONLINE)
@@ -330,15 +325,17 @@ def _after_entry_fill(*, order: Order, actor, broker_factory=None, quotes=None) 
     """Plan the exits of the position an entry filled into and, on Kraken, rest its protective stop. A
     plan that cannot be made is audited (``risk.exits_unplanned``) and retried on the next bar; the fill
     itself stands either way."""
-    from risk.exits import ExitPlanUnavailable, entry_price_of, exits_plan, protective_stop_place
+    from risk.exits import ExitPlanUnavailable, exits_plan_and_protect
 
     account, instrument = order.account, order.instrument
     try:
-        position = exits_plan(
+        exits_plan_and_protect(
             account=account,
             instrument=instrument,
-            entry_price=entry_price_of(account=account, instrument=instrument, broker=order.broker),
+            broker=order.broker,
             actor=actor,
+            broker_factory=broker_factory,
+            quotes=quotes,
         )
     except ExitPlanUnavailable as exc:
         logger.error("%s %s: exits not planned: %s", account.slug, instrument.symbol, exc)
@@ -350,6 +347,3 @@ def _after_entry_fill(*, order: Order, actor, broker_factory=None, quotes=None) 
                 target=order,
                 details={"pair": instrument.symbol, "problem": str(exc), "order": order.client_order_id},
             )
-        return
-    if order.broker == BrokerName.KRAKEN:
-        protective_stop_place(position=position, actor=actor, broker_factory=broker_factory, quotes=quotes)

@@ -29,13 +29,13 @@ from trading.models import (
     FINAL_STATUSES,
     LIVE_STATUSES,
     Balance,
-    BrokerName,
     Order,
     OrderStatus,
     OrderType,
     Position,
     Side,
 )
+from trading.selectors import book_of
 
 logger = logging.getLogger(__name__)
 
@@ -57,10 +57,6 @@ DRAWDOWN_PLACES = Decimal("0.000001")
 class NavUnavailable(ValidationError):
     """The book cannot be marked now (a held asset without a usable price, an out-of-order observation).
     Nothing is written: the last snapshot and the kill switch's last state stand."""
-
-
-def _broker_of(account: Account) -> str:
-    return BrokerName.SIM if account.simulation_mode else BrokerName.KRAKEN
 
 
 def _lock_account(account: Account) -> Account:
@@ -391,7 +387,7 @@ def killswitch_enforce(
                 elif result.status not in FINAL_STATUSES:
                     problems.append(f"{order.client_order_id} is {result.status}, not canceled")
         if flatten:
-            broker = _broker_of(account)
+            broker = book_of(account)
             positions = Position.objects.filter(
                 account=account, broker=broker, quantity__gt=0
             ).select_related("instrument")
@@ -504,7 +500,7 @@ def _enforcement_close(account: Account, actor, *, canceled, sold, problems) -> 
             [
                 f"{symbol} {_qty(quantity)}"
                 for symbol, quantity in Position.objects.filter(
-                    account=locked, broker=_broker_of(locked), quantity__gt=0
+                    account=locked, broker=book_of(locked), quantity__gt=0
                 )
                 .order_by("instrument__symbol")
                 .values_list("instrument__symbol", "quantity")
@@ -663,7 +659,7 @@ def nav_snapshot_record(
         # (it would be refused as out of order), and with the policy as it is now.
         now = now or timezone.now()
         policy = RiskPolicy.objects.get(account=locked).to_engine()
-        broker = _broker_of(locked)
+        broker = book_of(locked)
         book = nav_mark_book(account=locked, broker=broker, quotes=quotes, now=now)
         try:
             day = engine.observe_equity(switch.day_record(broker), equity=book.equity, at=now)

@@ -135,3 +135,10 @@ def pair_rules_for(instrument: Instrument):
         cost_decimals=instrument.cost_decimals,
         status=instrument.status,
     )
+
+
+def book_of(account) -> str:
+    """The book (broker) an account trades in now: ``sim`` in simulation mode, else ``kraken``."""
+    from trading.models import BrokerName
+
+    return BrokerName.SIM if account.simulation_mode else BrokerName.KRAKEN

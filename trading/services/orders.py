@@ -64,7 +64,7 @@ from trading.models import (
     Position,
     Trade,
 )
-from trading.selectors import pair_rules_for
+from trading.selectors import book_of, pair_rules_for
 
 logger = logging.getLogger(__name__)
 
@@ -285,7 +285,7 @@ def order_record(
                 raise OrderError(f"client order id {client_order_id} is already used by a different order")
             return existing, False
         _check_actor(actor, account)
-        broker = BrokerName.SIM if account.simulation_mode else BrokerName.KRAKEN
+        broker = book_of(account)
         order = Order(
             account=account,
             client_order_id=client_order_id,

@@ -28,6 +28,7 @@ from accounts.models import Account
 from governance.services import audit_record
 from trading.brokers.base import OrderReport, Status
 from trading.models import LIVE_STATUSES, Balance, BrokerName, Fill, Order, OrderStatus
+from trading.selectors import book_of
 from trading.services.orders import QUOTE_ASSET, BrokerFactory, default_broker, order_apply_report
 
 NOT_SENT = (OrderStatus.NEW, OrderStatus.SUBMITTED, OrderStatus.UNKNOWN)
@@ -89,7 +90,7 @@ def reconcile_account(
 ) -> ReconcileReport:
     """Reconcile one book of ``account``: ``kraken`` when it is live (or ``broker_name`` says so), else
     ``sim``."""
-    name = broker_name or (BrokerName.SIM if account.simulation_mode else BrokerName.KRAKEN)
+    name = broker_name or book_of(account)
     if name == BrokerName.SIM:
         return _reconcile_sim(account=account, actor=actor)
     factory = broker_factory or default_broker
