@@ -55,7 +55,7 @@ from trading.models import (
     Side,
 )
 from trading.quotes import candle_bar
-from trading.selectors import closed_candles, fee_rates_for, pair_rules_for
+from trading.selectors import book_of, closed_candles, fee_rates_for, pair_rules_for
 
 logger = logging.getLogger(__name__)
 
@@ -79,10 +79,6 @@ PLAN_FIELDS = (
 class ExitPlanUnavailable(ValidationError):
     """The exits cannot be planned now (no volatility for an ATR rule, no entry price): the message says
     why."""
-
-
-def _broker_of(account: Account) -> str:
-    return BrokerName.SIM if account.simulation_mode else BrokerName.KRAKEN
 
 
 def _plan_values(position: Position) -> dict:
@@ -148,7 +144,7 @@ def exits_plan(*, account: Account, instrument: Instrument, entry_price: Decimal
     Raises :class:`ExitPlanUnavailable` when the engine cannot plan them (nothing is written)."""
     if entry_price is None:
         raise ExitPlanUnavailable(f"no entry price for {account}'s {instrument.symbol} position")
-    broker = _broker_of(account)
+    broker = book_of(account)
     policy = engine_policy_for(account=account)
     atr, realised = _volatility(instrument)
     try:
@@ -381,7 +377,7 @@ def exits_evaluate(
         .order_by("account_id", "broker")
     )
     for position in positions:
-        if position.broker != _broker_of(position.account):
+        if position.broker != book_of(position.account):
             continue  # the other book: orders would go to the account's current broker
         if position.quantity <= 0:
             _clear_plan(position=position, actor=actor, note="the position is flat")
@@ -401,16 +397,30 @@ def exits_evaluate(
 
 def _plan_late(position: Position, *, actor, broker_factory, quotes) -> None:
     """A held position without a plan gets one now (and its protective stop on Kraken)."""
-    account, instrument = position.account, position.instrument
     try:
-        planned = exits_plan(
-            account=account,
-            instrument=instrument,
-            entry_price=entry_price_of(account=account, instrument=instrument, broker=position.broker),
+        exits_plan_and_protect(
+            account=position.account,
+            instrument=position.instrument,
+            broker=position.broker,
             actor=actor,
+            broker_factory=broker_factory,
+            quotes=quotes,
         )
     except ExitPlanUnavailable as exc:
         logger.error("%s: exits still not planned: %s", position, exc)
-        return
-    if planned.broker == BrokerName.KRAKEN:
-        protective_stop_place(position=planned, actor=actor, broker_factory=broker_factory, quotes=quotes)
+
+
+def exits_plan_and_protect(
+    *, account: Account, instrument: Instrument, broker: str, actor, broker_factory=None, quotes=None
+) -> Position:
+    """Plan the exits of a position from its entry price and, on Kraken, rest its protective stop-loss.
+    Raises :class:`ExitPlanUnavailable` when no plan can be made."""
+    position = exits_plan(
+        account=account,
+        instrument=instrument,
+        entry_price=entry_price_of(account=account, instrument=instrument, broker=broker),
+        actor=actor,
+    )
+    if position.broker == BrokerName.KRAKEN:
+        protective_stop_place(position=position, actor=actor, broker_factory=broker_factory, quotes=quotes)
+    return position
