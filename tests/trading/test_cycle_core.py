@@ -1,0 +1,248 @@
+"""decide(): skips, the hedge cap, sizing and checks, exits through the cycle. No database."""
+
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+
+import numpy as np
+
+from learning.features import FEATURES
+from risk.engine import (
+    Code,
+    Mode,
+    PriceQuote,
+    RiskPolicy,
+    Snapshot,
+    Status,
+    SwitchState,
+    plan_exits,
+    size_entry,
+)
+from trading.brokers.base import PairRules, Side
+from trading.cycle_core import BarView, Purpose, Skip, decide
+from trading.fees import published_rates
+from trading.strategy import FLAT, Action, DefaultStrategy, Holding, MarketView, Signal
+
+D = Decimal
+FEES = published_rates()
+POLICY = RiskPolicy()
+# Kraken AssetPairs XXBTZUSD (trading/data/kraken_asset_pairs_2026-09-25.json).
+BTC = PairRules(
+    symbol="BTC/USD",
+    kraken_pair="XXBTZUSD",
+    base_asset="BTC",
+    quote_asset="USD",
+    ordermin=D("0.00005"),
+    costmin=D("0.5"),
+    tick_size=D("0.1"),
+    pair_decimals=1,
+    lot_decimals=8,
+    cost_decimals=5,
+    status="online",
+)
+OPENED = datetime(2022, 11, 3, 10, tzinfo=UTC)
+CLOSED = OPENED + timedelta(hours=1)
+BAR = BarView("BTC/USD", OPENED, CLOSED, high=D(20_100), low=D(19_900), close=D(20_000), atr=D(200))
+HOUR = timedelta(hours=1)
+
+
+class Fixed:
+    """A strategy that always answers the same signal (the cycle's plumbing is under test)."""
+
+    name = "fixed"
+
+    def __init__(self, action=Action.ENTER, edge=None):
+        edge = D(3) if edge is None else edge
+        self.answer = Signal(action, self.name, f"always {action}", edge if action == Action.ENTER else None)
+
+    def signal(self, *, market, holding, policy):
+        return self.answer
+
+
+ARMED = SwitchState()
+ZERO = D(0)
+EQUITY = D(100_000)
+
+
+def snapshot(*, switch=ARMED, held=ZERO, equity=EQUITY, cash=None, now=CLOSED, enabled=True):
+    cash = equity - held * D(20_000) if cash is None else cash
+    return Snapshot(
+        now=now,
+        mode=Mode.SIMULATION,
+        broker="sim",
+        trading_enabled=enabled,
+        switch=switch,
+        pairs={"BTC/USD": BTC},
+        prices={"BTC/USD": PriceQuote(D(20_000), CLOSED)},
+        max_price_age=HOUR,
+        equity=equity,
+        available_usd=cash,
+        held={"BTC/USD": held},
+        fees=FEES,
+        slippage_pct=D("0.05"),
+        exposures={"BTC/USD": held * D(20_000)} if held else {},
+        groups=(frozenset({"BTC/USD"}),),
+    )
+
+
+MARKET = MarketView(np.zeros(len(FEATURES)), "bullish", 0.7, "champion v1")
+
+
+def run(*, snap=None, holding=FLAT, strategy=None, hedge=ZERO, bar=BAR, market=MARKET):
+    return decide(
+        policy=POLICY,
+        pair=BTC,
+        snapshot=snap or snapshot(),
+        bar=bar,
+        holding=holding,
+        market=market,
+        strategy=strategy or Fixed(),
+        hedge_target=hedge,
+        max_bar_age=HOUR,
+    )
+
+
+def planned(entry=None):
+    entry = D(20_000) if entry is None else entry
+    return plan_exits(
+        policy=POLICY, pair=BTC, entry_price=entry, fees=FEES, slippage_pct=D("0.05"), atr=D(200)
+    )
+
+
+def test_entry_is_sized_by_the_risk_engine_and_checked():
+    decision = run()
+    assert decision.skip is None
+    entry = decision.entry
+    assert entry is not None
+    assert entry.side == Side.BUY
+    assert entry.purpose == Purpose.ENTRY
+    expected = size_entry(
+        policy=POLICY,
+        pair=BTC,
+        equity=D(100_000),
+        price=D(20_000),
+        fees=FEES,
+        atr=D(200),
+        buying_power=D(100_000),
+    )
+    assert decision.size.quantity == expected.quantity == D(1)  # 20 % of equity at the close
+    # the pre-trade check prices the buy with slippage and cuts it to the pair limit: what is sent
+    assert entry.check.verdict == "resize"
+    assert entry.check.codes == (Code.PAIR_LIMIT,)
+    assert entry.quantity == entry.check.quantity < expected.quantity
+    assert entry.expected_edge_pct == D(3)
+    assert decision.strategy == "fixed"
+    assert any("entry: buy" in note for note in decision.notes)
+
+
+def test_hedge_cap_limits_the_buy():
+    free = run(hedge=D(0)).entry.quantity
+    # 90 % hedged: 10,000 USD of buying power, 4,000 already exposed in another pair → 6,000 USD left
+    flat = run(snap=replace(snapshot(), exposures={"ETH/USD": D(4_000)}), hedge=D("0.9"))
+    assert flat.buying_power == D(6_000)
+    assert flat.size.limited_by == Code.BUYING_POWER_LIMIT
+    assert flat.entry.quantity * D(20_000) * (1 + FEES.taker_pct / 100) <= D(6_000)
+    assert flat.entry.quantity < free
+    assert any("hedge keeps 90 %" in note for note in flat.notes)
+
+
+def test_fully_hedged_account_buys_nothing():
+    decision = run(hedge=D(1))
+    assert decision.entry is None
+    assert decision.buying_power == 0
+    assert not decision.size.tradable
+
+
+def test_stale_bar_decides_nothing():
+    decision = run(
+        snap=snapshot(now=CLOSED + 2 * HOUR), holding=Holding(D(1), D(20_000), D(20_000), planned())
+    )
+    assert decision.skip == Skip.STALE
+    assert decision.intents == ()
+    assert decision.signal is None
+    assert not decision.plan_changed
+    assert "stale" in decision.skip_reason
+
+
+def test_halted_account_enters_nothing_but_records_the_signal():
+    decision = run(snap=snapshot(switch=SwitchState(halted=True, halt_reason="desk review")))
+    assert decision.skip == Skip.HALTED
+    assert decision.intents == ()
+    assert decision.signal.action == Action.ENTER
+    assert "desk review" in decision.skip_reason
+
+
+def test_latched_kill_switch_blocks_entries():
+    latched = SwitchState(status=Status.TRIPPED, tripped_on=date(2022, 11, 3), reason="drawdown 3 %")
+    decision = run(snap=snapshot(switch=latched))
+    assert decision.skip == Skip.KILL_SWITCH_LATCHED
+    assert decision.intents == ()
+
+
+def test_disabled_trading_blocks_entries():
+    assert run(snap=snapshot(enabled=False)).skip == Skip.TRADING_DISABLED
+
+
+def test_entry_below_the_edge_is_rejected_with_the_reason():
+    decision = run(strategy=Fixed(edge=D("0.5")))
+    assert decision.entry is None
+    assert Code.EDGE_TOO_SMALL in decision.rejected.codes
+    assert decision.rejected.message in decision.notes
+
+
+def test_trailing_stop_ratchets_through_decide():
+    plan = planned()
+    holding = Holding(D("0.5"), D(20_080), D(20_000), plan)
+    bar = replace(BAR, high=D(20_500), low=D(20_100), close=D(20_400))
+    decision = run(snap=snapshot(held=D("0.5")), holding=holding, strategy=Fixed(Action.HOLD), bar=bar)
+    assert decision.intents == ()
+    assert decision.plan_changed
+    assert decision.exit_plan.stop_price == D(20_500) - D("2.5") * D(200)
+    assert decision.exit_plan.stop_price > plan.stop_price
+    assert decision.exit_plan.high_water == D(20_500)
+
+
+def test_stop_loss_triggers_a_sell_of_the_whole_position_even_when_halted():
+    plan = planned()
+    holding = Holding(D("0.5"), D(20_080), D(20_000), plan)
+    bar = replace(BAR, low=plan.stop_price - 1, high=D(20_000), close=plan.stop_price)
+    halted = snapshot(held=D("0.5"), switch=SwitchState(halted=True, halt_reason="desk"))
+    decision = run(snap=halted, holding=holding, strategy=Fixed(Action.HOLD), bar=bar)
+    exit_ = decision.exit
+    assert exit_ is not None
+    assert exit_.purpose == Purpose.STOP_LOSS
+    assert exit_.quantity == D("0.5")
+    assert exit_.trigger_price == plan.stop_price
+    assert decision.exit_signal.reason == "stop_loss"
+
+
+def test_strategy_exit_and_flatten():
+    holding = Holding(D("0.5"), D(20_080), D(20_000), planned())
+    strategy_exit = run(snap=snapshot(held=D("0.5")), holding=holding, strategy=Fixed(Action.EXIT))
+    assert strategy_exit.exit.purpose == Purpose.STRATEGY_EXIT
+    latched = SwitchState(status=Status.TRIPPED, tripped_on=date(2022, 11, 3), reason="drawdown")
+    flatten = decide(
+        policy=replace(POLICY, flatten_on_breach=True),
+        pair=BTC,
+        snapshot=snapshot(held=D("0.5"), switch=latched),
+        bar=BAR,
+        holding=holding,
+        market=MARKET,
+        strategy=Fixed(Action.HOLD),
+        hedge_target=D(0),
+        max_bar_age=HOUR,
+    )
+    assert flatten.exit.purpose == Purpose.FLATTEN
+
+
+def test_open_position_without_a_plan_gets_one():
+    decision = run(snap=snapshot(held=D("0.5")), holding=Holding(D("0.5"), D(20_080), D(20_000), None))
+    assert decision.plan_changed
+    assert decision.exit_plan == planned()
+
+
+def test_default_strategy_in_the_cycle_records_the_fallback():
+    market = MarketView(np.zeros(len(FEATURES)), "bullish", None, "no champion model for BTC/USD 60m")
+    decision = run(strategy=DefaultStrategy(), market=market)
+    assert decision.strategy == "rule_trend"
+    assert decision.notes[0].startswith("rule_trend: hold: no champion model for BTC/USD 60m: rule-based")
