@@ -35,7 +35,7 @@ from trading.models import (
     Position,
     Side,
 )
-from trading.selectors import book_of
+from trading.selectors import book_of, pair_rules_for
 
 logger = logging.getLogger(__name__)
 
@@ -449,6 +449,8 @@ def _flatten(position: Position, *, actor, broker_factory, quotes, sold: list, p
     shown = _qty(quantity)
     if quantity <= 0:
         return  # a resting sell filled instead: nothing is left to sell
+    if _is_dust(position):
+        return  # below Kraken's minimum order: no order can sell it (reported by the close as dust)
     left = f" (its resting sells were canceled: {instrument.symbol} is unprotected)" if unprotected else ""
     try:
         order = order_submit(
@@ -481,6 +483,12 @@ def _flatten(position: Position, *, actor, broker_factory, quotes, sold: list, p
         )
 
 
+def _is_dust(position: Position) -> bool:
+    """A position smaller than the pair's minimum order: no order can sell it, so flattening leaves it (it
+    is reported as dust in the enforcement's audit event, never as a position still to sell)."""
+    return position.quantity < pair_rules_for(position.instrument).ordermin
+
+
 def _qty(quantity: Decimal) -> str:
     return format(quantity.normalize(), "f")
 
@@ -496,18 +504,17 @@ def _enforcement_close(account: Account, actor, *, canceled, sold, problems) -> 
             .order_by("id")
             .values_list("client_order_id", flat=True)
         )
-        positions_left = (
-            [
-                f"{symbol} {_qty(quantity)}"
-                for symbol, quantity in Position.objects.filter(
-                    account=locked, broker=book_of(locked), quantity__gt=0
-                )
+        held = (
+            list(
+                Position.objects.filter(account=locked, broker=book_of(locked), quantity__gt=0)
+                .select_related("instrument")
                 .order_by("instrument__symbol")
-                .values_list("instrument__symbol", "quantity")
-            ]
+            )
             if flatten
             else []
         )
+        positions_left = [f"{p.instrument.symbol} {_qty(p.quantity)}" for p in held if not _is_dust(p)]
+        dust = [f"{p.instrument.symbol} {_qty(p.quantity)}" for p in held if _is_dust(p)]
         left = []
         if cancel_entries and entries_left:
             left.append(f"live entry orders left: {', '.join(entries_left)}")
@@ -530,6 +537,7 @@ def _enforcement_close(account: Account, actor, *, canceled, sold, problems) -> 
                 "flatten_order_ids": list(result.sold),
                 "problems": list(result.problems),
                 "left": left,
+                "dust_below_ordermin": dust,
             },
         )
     if not complete:

@@ -310,6 +310,44 @@ def test_a_rejected_flattening_sell_is_reported_and_audited_never_believed_flat(
     assert KillSwitch.objects.get(account=account).enforcement_due is False
 
 
+def test_dust_below_the_minimum_order_does_not_keep_enforcement_due_forever(
+    exposed, firm, django_capture_on_commit_callbacks
+):
+    """A remainder no order can sell (below Kraken's ordermin) is reported as dust, not as a position the
+    sweep still owes: otherwise every snapshot would retry a sell that can never be placed."""
+    account, btc = exposed["account"], exposed["btc"]
+    risk_policy_update(account=account, actor=firm.owner, flatten_on_breach=True)
+    # The trip's flattening sell is refused, so enforcement stays due ...
+    trip(
+        account,
+        django_capture_on_commit_callbacks,
+        broker_factory=flaky(quotes_at(BTC="40000"), submit_refused=True),
+    )
+    assert KillSwitch.objects.get(account=account).enforcement_due is True
+    # ... then almost all of the position is sold, leaving less than any order can sell.
+    dust = D("0.00001")
+    assert dust < btc.ordermin
+    order_submit(
+        account=account,
+        actor=ENGINE,
+        instrument=btc,
+        side="sell",
+        order_type="market",
+        quantity=D("0.1") - dust,
+        quotes=quotes_at(BTC="40000"),
+    )
+    assert Position.objects.get(account=account, broker="sim", instrument=btc).quantity == dust
+    sells_before = Order.objects.filter(account=account, side="sell").count()
+    result = services.killswitch_enforce(account_id=account.pk, broker_factory=flaky(quotes_at(BTC="40000")))
+    assert result.complete is True
+    assert Order.objects.filter(account=account, side="sell").count() == sells_before  # no sell of dust
+    switch = KillSwitch.objects.get(account=account)
+    assert (switch.enforcement_due, switch.enforcement_problems) == (False, "")
+    event = last_event(account, "killswitch.enforced")
+    assert event.details["dust_below_ordermin"] == ["BTC/USD 0.00001"]
+    assert event.details["left"] == []
+
+
 # --- 4. Concurrent snapshots -----------------------------------------------------------------------------
 
 

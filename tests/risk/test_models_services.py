@@ -341,6 +341,7 @@ def test_a_drawdown_at_the_limit_trips_blocks_entries_and_cancels_open_entry_ord
         "flatten_order_ids": [],
         "problems": [],
         "left": [],
+        "dust_below_ordermin": [],
     }
     switch.refresh_from_db()
     assert (switch.enforcement_due, switch.enforcement_problems) == (False, "")
