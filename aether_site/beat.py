@@ -43,6 +43,28 @@ def schedule() -> list[Entry]:
             description="Mark every account's book; feeds the daily-drawdown kill switch.",
         )
     )
+    entries.append(
+        Entry(
+            name="strategy cycles on closed bars",
+            task="trading.cycles_sweep",
+            every_seconds=settings.CYCLE_SWEEP_EVERY_SECONDS,
+            queue="trading",
+            description=(
+                "Queue each account's strategy cycle on every traded pair's newest closed bar that has none "
+                "(the feed also queues cycles as each bar closes; a cycle runs once per account and bar)."
+            ),
+        )
+    )
+    if settings.AETHER_MARKET_DATA == "live":
+        entries.append(
+            Entry(
+                name="universe sync",
+                task="trading.universe_sync",
+                crontab={"minute": "15", "hour": "0"},
+                queue="market_data",
+                description="Refresh the spot USD pairs and their rules from Kraken's AssetPairs.",
+            )
+        )
     for pair in settings.AETHER_PAIRS:
         entries.append(
             Entry(

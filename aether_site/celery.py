@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from celery import Celery
+from celery.signals import celeryd_after_setup
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "aether_site.settings")
 
@@ -25,3 +26,41 @@ def _embedded_broker_folders(sender, **kwargs) -> None:
     for key in ("data_folder_in", "data_folder_out", "processed_folder", "control_folder"):
         if options.get(key):
             Path(options[key]).mkdir(parents=True, exist_ok=True)
+
+
+@celeryd_after_setup.connect
+def _reconcile_before_trading(sender=None, instance=None, **kwargs) -> None:
+    """A worker that consumes the ``trading`` queue reconciles every account with its broker before it takes
+    its first task (see ``CELERY_RECONCILE_ON_START``). A failure is logged loudly (and audited by the
+    reconciliation); the worker still starts (the periodic reconciliation retries), and a live account with
+    UNKNOWN orders takes no new entries until they are resolved (the strategy cycle checks)."""
+    import logging
+
+    import django
+    from django.apps import apps
+    from django.conf import settings
+
+    if not apps.ready:
+        django.setup()
+    if not settings.CELERY_RECONCILE_ON_START:
+        return
+    queues = set(getattr(getattr(instance, "app", app).amqp.queues, "consume_from", None) or {})
+    if queues and "trading" not in queues:
+        return  # a market-data or learning worker places no orders
+    from django.db import connections
+
+    from accounts.models import Account
+    from governance.actors import SystemActor
+    from trading.services.reconcile import reconcile_account_books
+
+    logger = logging.getLogger("aether_site.celery")
+    actor = SystemActor("reconcile_on_start")
+    try:
+        for account in Account.objects.order_by("pk"):
+            try:
+                for report in reconcile_account_books(account=account, actor=actor):
+                    logger.info("start-up reconciliation: %s", report.summary())
+            except Exception:
+                logger.exception("start-up reconciliation of %s failed", account.slug)
+    finally:
+        connections.close_all()  # never hand an open connection to forked pool processes

@@ -175,6 +175,17 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TASK_DEFAULT_QUEUE = "trading"
+# Three queues, so a long retrain or backfill never delays a strategy cycle: `trading` (cycles, orders,
+# reconciliation, NAV, risk), `market_data` (universe sync, closed-bar fan-out), `learning` (retraining).
+CELERY_TASK_ROUTES = {
+    "learning.*": {"queue": "learning"},
+    "trading.universe_sync": {"queue": "market_data"},
+    "trading.bar_closed": {"queue": "market_data"},
+}
+# Before a worker takes its first task it reconciles every account with its broker (UNKNOWN orders resolved,
+# fills and balances synced), so no cycle trades on a book that a crash left behind. Off only in tests that
+# start workers on purpose without it.
+CELERY_RECONCILE_ON_START = env.bool("CELERY_RECONCILE_ON_START", True)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # How often beat reconciles every account with its broker (aether_site/beat.py).
 RECONCILE_EVERY_SECONDS = env.int("RECONCILE_EVERY_SECONDS", 300, minimum=30)
@@ -199,6 +210,9 @@ for _name in ("KRAKEN_API_URL", "COINGECKO_API_URL"):
         raise SettingsError(f"{_name}={globals()[_name]!r}: expected an http:// or https:// URL")
 # The pairs Aether trades: Kraken WebSocket v2 names, checked against the synced universe.
 AETHER_PAIRS = env.list("AETHER_PAIRS", ["BTC/USD", "ETH/USD", "SOL/USD"])
+# Where candles come from while the platform runs: "live" (Kraken's WebSocket feed; beat also refreshes the
+# universe daily) or "replay" (stored history played on an accelerated clock: `make run`'s default, offline).
+AETHER_MARKET_DATA = env.choice("AETHER_MARKET_DATA", "live", ("live", "replay"))
 AETHER_TIMEFRAME = int(env.choice("AETHER_TIMEFRAME", "60", ("1", "5", "15", "30", "60", "240", "1440")))
 MARKET_STALE_SECONDS = env.int("MARKET_STALE_SECONDS", 90, minimum=5)
 # run_market_feed serves its own Prometheus metrics on this port (0: not served).
@@ -303,6 +317,23 @@ if RECONCILE_GRACE_SECONDS < KRAKEN_SUBMIT_WORST_SECONDS:
         f"{KRAKEN_SUBMIT_WORST_SECONDS:.0f}, the longest a submission to Kraken can take with the "
         "KRAKEN_PRIVATE_* settings; a shorter grace could close an order that is still being sent."
     )
+
+# --- Risk -------------------------------------------------------------------------------------------------
+
+# The resting protective stop on Kraken follows the trailing stop once the stop has risen this many %.
+PROTECTIVE_STOP_STEP_PCT = env.decimal("PROTECTIVE_STOP_STEP_PCT", "1")
+
+# --- Strategy cycle ---------------------------------------------------------------------------------------
+
+# One cycle = one account, one pair, one closed bar (trading/services/cycle.py). Cycles of one account never
+# overlap: a running cycle holds a lease this long; a cycle that finds another running waits and retries.
+# A worker that dies mid-cycle leaves its lease to expire, then the retried cycle resumes it (its orders
+# carry ids derived from the cycle, so none is placed twice). The lease outlasts the slowest cycle: a
+# Kraken submission's worst case per order (entry, exit, protective stop).
+CYCLE_LEASE_SECONDS = env.int("CYCLE_LEASE_SECONDS", int(3 * KRAKEN_SUBMIT_WORST_SECONDS) + 120, minimum=10)
+CYCLE_BUSY_RETRY_SECONDS = env.int("CYCLE_BUSY_RETRY_SECONDS", 2, minimum=1)
+# How often beat looks for closed bars without a cycle (the feed also starts cycles as each bar closes).
+CYCLE_SWEEP_EVERY_SECONDS = env.int("CYCLE_SWEEP_EVERY_SECONDS", 60, minimum=5)
 
 # --- Auth -----------------------------------------------------------------------------------------------
 

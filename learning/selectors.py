@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from learning.errors import ArtifactIntegrityError, LearningDataError, ModelIncompatible
-from learning.features import BTC, COLUMNS, WARMUP_BARS, PreparedCandles, prepare_candles
+from learning.features import BTC, COLUMNS, WARMUP_BARS, PreparedCandles, features_of, prepare_candles
 from learning.inference import INFERENCE_BARS, predict_latest
 from learning.modeling import TrainedModel, load_artifact
 from learning.models import ModelVersion, RegimeObservation, StrategyThresholds
@@ -147,6 +147,14 @@ def _closed_by(*, instrument: Instrument, timeframe: int, as_of: datetime) -> Pr
 def signal_for(*, instrument: Instrument, timeframe: int, as_of: datetime) -> Signal:
     """The serving champion's probability that a long entered now nets a gain over its horizon, with the
     model version and the regime, from the closed bars at ``as_of`` (features on the trailing window)."""
+    return market_inputs_for(instrument=instrument, timeframe=timeframe, as_of=as_of)[0]
+
+
+def market_inputs_for(
+    *, instrument: Instrument, timeframe: int, as_of: datetime
+) -> tuple[Signal, np.ndarray | None]:
+    """:func:`signal_for` and the newest feature row (``FEATURES`` order) it was computed from, for the
+    strategy; the row is ``None`` when there are not enough closed bars (the signal says why)."""
     base = {"pair": instrument.symbol, "timeframe": timeframe, "as_of": as_of}
     try:
         prepared = _closed_by(instrument=instrument, timeframe=timeframe, as_of=as_of)
@@ -155,8 +163,21 @@ def signal_for(*, instrument: Instrument, timeframe: int, as_of: datetime) -> Si
             if instrument.symbol == BTC
             else _closed_by(instrument=btc_instrument(), timeframe=timeframe, as_of=as_of)
         )
+        row = features_of(prepared, btc)[-1]
     except LearningDataError as exc:
-        return Signal(**base, status="insufficient_data", message=str(exc))
+        return Signal(**base, status="insufficient_data", message=str(exc)), None
+    return _signal_of(prepared, btc, instrument=instrument, timeframe=timeframe, base=base), row
+
+
+def _signal_of(
+    prepared: PreparedCandles,
+    btc: PreparedCandles | None,
+    *,
+    instrument: Instrument,
+    timeframe: int,
+    base: dict,
+) -> Signal:
+    as_of = base["as_of"]
     regime = label_of(regime_codes(prepared.frame["close"].to_numpy())[-1])
     bar_time = prepared.frame.index[-1].to_pydatetime()
     if bar_time < as_of - timedelta(minutes=2 * timeframe):

@@ -17,8 +17,9 @@
 * **Protective stop on Kraken** (live accounts): after an entry fills, a ``stop-loss`` sell for the whole
   position rests on Kraken at the planned (initial) stop, so a crash is covered while the platform is down.
   A spot sell reserves the base asset, so only one resting sell can cover a position: the resting order is
-  the stop; the take-profit and the trailing stop are the engine's (the resting stop is not moved as the
-  trailing stop rises: each move would be a cancel and a new order). An exit cancels it before selling.
+  the stop; the take-profit is the engine's. As the trailing stop ratchets, the resting stop follows it
+  once it has risen by ``PROTECTIVE_STOP_STEP_PCT`` % (a cancel, confirmed, then a new stop: smaller steps
+  are left to the engine to save order churn). An exit cancels it before selling.
 
 Bars come from the market feed and the strategy cycle (the Celery task ``risk.exits_evaluate`` takes the
 instrument id and the bar's open time); no beat schedule of its own.
@@ -286,29 +287,36 @@ def _watch(position: Position, bar, actor) -> engine.ExitSignal | None:
         locked, position = _lock(position.account, position.broker, position.instrument)
         if position.quantity <= 0 or position.exit_planned_at is None:
             return None
+        watched = position.exits_watched_through
+        if watched is not None and bar.close_time <= watched:
+            return None  # this bar (or a later one) was already evaluated: a ratchet must not count twice
+        position.exits_watched_through = bar.close_time
         plan = plan_of(position)
         evaluation = engine.evaluate_bar(plan, low=bar.low, high=bar.high)
         signal = evaluation.signal
         if signal is None:
+            fields = ["exits_watched_through", "updated_at"]
+            before = position.stop_price
             if evaluation.plan != plan:
-                before = position.stop_price
                 _store_plan(position, evaluation.plan)
-                position.save(update_fields=["stop_price", "trail_high", "updated_at"])
-                if position.stop_price > before:
-                    audit_record(
-                        actor=actor,
-                        action="risk.stop_ratcheted",
-                        account=locked,
-                        target=position,
-                        details={
-                            "pair": position.instrument.symbol,
-                            "from": str(before),
-                            "to": str(position.stop_price),
-                            "high": str(position.trail_high),
-                            "bar_open_time": bar.open_time.isoformat(),
-                        },
-                    )
+                fields += ["stop_price", "trail_high"]
+            position.save(update_fields=fields)
+            if evaluation.plan != plan and position.stop_price > before:
+                audit_record(
+                    actor=actor,
+                    action="risk.stop_ratcheted",
+                    account=locked,
+                    target=position,
+                    details={
+                        "pair": position.instrument.symbol,
+                        "from": str(before),
+                        "to": str(position.stop_price),
+                        "high": str(position.trail_high),
+                        "bar_open_time": bar.open_time.isoformat(),
+                    },
+                )
             return None
+        position.save(update_fields=["exits_watched_through", "updated_at"])
         audit_record(
             actor=actor,
             action="risk.exit_signal",
@@ -365,14 +373,23 @@ def _exit(position: Position, signal: engine.ExitSignal, *, actor, quotes, broke
 
 
 def exits_evaluate(
-    *, instrument: Instrument, bar, actor=EXITS, quotes=None, broker_factory=None
+    *,
+    instrument: Instrument,
+    bar,
+    actor=EXITS,
+    quotes=None,
+    broker_factory=None,
+    account: Account | None = None,
 ) -> list[ExitOutcome]:
-    """Watch every account's position in ``instrument`` on a new closed ``bar`` (a ``trading.matching.Bar``);
-    see the module docstring. Must not run inside a transaction (exits submit orders)."""
+    """Watch every account's position (or only ``account``'s) in ``instrument`` on a new closed ``bar`` (a
+    ``trading.matching.Bar``); see the module docstring. Must not run inside a transaction (exits submit
+    orders)."""
     outcomes = []
+    positions = Position.objects.filter(instrument=instrument)
+    if account is not None:
+        positions = positions.filter(account=account)
     positions = (
-        Position.objects.filter(instrument=instrument)
-        .filter(Q(quantity__gt=0) | Q(exit_planned_at__isnull=False))
+        positions.filter(Q(quantity__gt=0) | Q(exit_planned_at__isnull=False))
         .select_related("account", "instrument")
         .order_by("account_id", "broker")
     )
@@ -389,10 +406,43 @@ def exits_evaluate(
             continue  # a bar from before the entry says nothing about its exits
         signal = _watch(position, bar, actor)
         if signal is None:
-            outcomes.append(ExitOutcome(position.pk))
+            problems = ()
+            if position.broker == BrokerName.KRAKEN:
+                problems = _follow_trailing_stop(
+                    position, actor=actor, broker_factory=broker_factory, quotes=quotes
+                )
+            outcomes.append(ExitOutcome(position.pk, problems=problems))
             continue
         outcomes.append(_exit(position, signal, actor=actor, quotes=quotes, broker_factory=broker_factory))
     return outcomes
+
+
+def _follow_trailing_stop(position: Position, *, actor, broker_factory, quotes) -> tuple[str, ...]:
+    """Move the resting protective stop on Kraken up to the ratcheted stop once it has risen by at least
+    ``PROTECTIVE_STOP_STEP_PCT`` % (each move is a cancel and a new order, so small steps are left to the
+    engine); place one again when none rests. Returns the problems (the old stop stays when its cancel is
+    not confirmed)."""
+    position = Position.objects.select_related("account", "instrument").get(pk=position.pk)
+    if position.quantity <= 0 or position.stop_price is None:
+        return ()
+    resting = _resting_sells(position).filter(order_type=OrderType.STOP_LOSS).first()
+    step = Decimal(settings.PROTECTIVE_STOP_STEP_PCT) / 100
+    if (
+        resting is not None
+        and resting.stop_price is not None
+        and position.stop_price < resting.stop_price * (1 + step)
+    ):
+        return ()
+    try:
+        placed = protective_stop_place(
+            position=position, actor=actor, broker_factory=broker_factory, quotes=quotes
+        )
+    except Exception as exc:  # reported on the outcome; the engine still watches the stop bar by bar
+        logger.exception("%s: protective stop not moved", position)
+        return (f"protective stop not moved: {type(exc).__name__}: {exc}",)
+    if placed is None:
+        return ("protective stop not moved: the resting sells could not be canceled",)
+    return ()
 
 
 def _plan_late(position: Position, *, actor, broker_factory, quotes) -> None:

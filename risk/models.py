@@ -244,6 +244,7 @@ class NavSnapshot(AccountOwned):
         SCHEDULE = "schedule"
         FILL = "fill"
         MANUAL = "manual"
+        CYCLE = "cycle"
 
     account = models.ForeignKey("accounts.Account", on_delete=models.PROTECT, related_name="nav_snapshots")
     broker = models.CharField(max_length=8, help_text="the book marked: sim or kraken")
@@ -267,7 +268,7 @@ class NavSnapshot(AccountOwned):
         indexes = [models.Index(fields=["account", "-taken_at"], name="nav_snapshot_account_time")]
         constraints = [
             models.CheckConstraint(
-                condition=models.Q(reason__in=["schedule", "fill", "manual"]),
+                condition=models.Q(reason__in=["schedule", "fill", "manual", "cycle"]),
                 name="nav_snapshot_reason_valid",
             ),
             models.CheckConstraint(

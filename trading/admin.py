@@ -1,5 +1,8 @@
+import json
+
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.utils.html import format_html
 from simple_history.admin import SimpleHistoryAdmin
 
 from accounts.admin_scoping import AccountScopedAdminMixin, ReadOnlyAdminMixin
@@ -10,6 +13,7 @@ from trading.models import (
     AccountFeeTier,
     Balance,
     Candle,
+    Cycle,
     FeedStatus,
     Fill,
     Instrument,
@@ -237,3 +241,62 @@ class TradeAdmin(BookAdminMixin, admin.ModelAdmin):
     )
     list_filter = (("account", admin.RelatedOnlyFieldListFilter), "broker", "instrument")
     date_hierarchy = "closed_at"
+
+
+@admin.register(Cycle)
+class CycleAdmin(BookAdminMixin, admin.ModelAdmin):
+    """Every strategy cycle: which strategy decided what on which bar, why, and the orders it led to."""
+
+    list_display = (
+        "bar_open_time",
+        "account",
+        "instrument",
+        "broker",
+        "status",
+        "strategy",
+        "signal",
+        "probability",
+        "regime",
+        "short_reason",
+        "duration_ms",
+    )
+    list_filter = (
+        ("account", admin.RelatedOnlyFieldListFilter),
+        "status",
+        "strategy",
+        "signal",
+        "broker",
+        "instrument",
+    )
+    list_select_related = ("account", "instrument")
+    search_fields = ("reason", "error")
+    date_hierarchy = "bar_open_time"
+    fields = (
+        "account",
+        "instrument",
+        "timeframe",
+        "bar_open_time",
+        "broker",
+        "status",
+        "strategy",
+        "signal",
+        "reason",
+        "probability",
+        "model_version_id",
+        "regime",
+        "decisions_pretty",
+        "error",
+        "attempts",
+        "started_at",
+        "finished_at",
+        "duration_ms",
+    )
+    readonly_fields = fields
+
+    @admin.display(description="reason")
+    def short_reason(self, obj):
+        return obj.reason if len(obj.reason) <= 90 else obj.reason[:89] + "…"
+
+    @admin.display(description="decisions")
+    def decisions_pretty(self, obj):
+        return format_html("<pre>{}</pre>", json.dumps(obj.decisions, indent=2, ensure_ascii=False))

@@ -1,4 +1,4 @@
-"""Market-data metrics on the web process's /metrics.
+"""Market-data and account-state metrics on the web process's /metrics.
 
 The feed process has its own gauges (served on MARKET_FEED_METRICS_PORT); these are read from the database
 at scrape time, so the main /metrics shows staleness even when the feed process is down or unscraped —
@@ -45,5 +45,133 @@ class FeedStatusCollector(Collector):
         return []  # collected at scrape time only (no database access at registration)
 
 
+class AccountStateCollector(Collector):
+    """Per account, read from the database at scrape time, so what Celery workers did (cycles, fills, NAV
+    snapshots, kill-switch trips, hedge rebalances) shows on the web /metrics whichever process did it.
+    Labelled by account slug only, never by anything of its key."""
+
+    def collect(self):
+        try:
+            rows = account_state_rows()
+        except (DatabaseError, SynchronousOnlyOperation) as exc:  # a scrape must not fail with the database
+            logger.warning("metrics: account state unavailable: %s", exc)
+            return
+        families = {
+            name: GaugeMetricFamily(name, text, labels=labels)
+            for name, (text, labels) in ACCOUNT_GAUGES.items()
+        }
+        for name, labels, value in rows:
+            families[name].add_metric(labels, float(value))
+        yield from families.values()
+
+    def describe(self):
+        return []
+
+
+ACCOUNT_GAUGES = {
+    "aether_account_equity_usd": (
+        "The account's latest NAV snapshot (equity marked to market), USD",
+        ["account"],
+    ),
+    "aether_account_drawdown_pct": (
+        "Below the UTC day's equity high at the latest NAV snapshot, %",
+        ["account"],
+    ),
+    "aether_kill_switch_state": (
+        "1 for the kill switch's current status (armed or tripped), 0 for the other",
+        ["account", "status"],
+    ),
+    "aether_kill_switch_halted": ("1 while a director has halted new entries", ["account"]),
+    "aether_kill_switch_enforcement_due": (
+        "1 while a trip's or halt's enforcement is unfinished",
+        ["account"],
+    ),
+    "aether_orders_unknown": ("Orders of unknown outcome awaiting reconciliation", ["account"]),
+    "aether_cycle_last_duration_seconds": ("Duration of the account's latest finished cycle", ["account"]),
+    "aether_cycle_last_age_seconds": ("Seconds since the account's latest finished cycle", ["account"]),
+    "aether_cycle_decision_to_order_seconds": (
+        "Decision to order committed, the latest order of the latest cycle that placed one",
+        ["account"],
+    ),
+    "aether_cycles_recent": ("Cycles started in the last hour, by status", ["account", "status"]),
+    "aether_hedge_ratio_pct": (
+        "The account's USD share of equity at the latest hedge snapshot, %",
+        ["account"],
+    ),
+    "aether_hedge_target_ratio_pct": ("The hedge target at the latest hedge snapshot, %", ["account"]),
+}
+
+
+def account_state_rows() -> list[tuple[str, list[str], float]]:
+    """(metric, labels, value) for every account (see :class:`AccountStateCollector`)."""
+    from datetime import timedelta
+
+    from django.db.models import Count
+    from django.utils import timezone
+
+    from accounts.models import Account
+    from hedging.models import HedgeSnapshot
+    from risk.models import KillSwitch, NavSnapshot
+    from trading.models import Cycle, CycleStatus, Order, OrderStatus
+
+    now = timezone.now()
+    rows = []
+    slugs = dict(Account.objects.values_list("pk", "slug"))
+    for account_id, slug in slugs.items():
+        nav = NavSnapshot.objects.filter(account_id=account_id).order_by("-taken_at", "-id").first()
+        if nav is not None:
+            rows.append(("aether_account_equity_usd", [slug], nav.equity))
+            rows.append(("aether_account_drawdown_pct", [slug], nav.drawdown_pct))
+        cycle = (
+            Cycle.objects.filter(account_id=account_id, finished_at__isnull=False)
+            .order_by("-finished_at", "-id")
+            .first()
+        )
+        if cycle is not None:
+            rows.append(("aether_cycle_last_duration_seconds", [slug], (cycle.duration_ms or 0) / 1000))
+            rows.append(("aether_cycle_last_age_seconds", [slug], (now - cycle.finished_at).total_seconds()))
+        placed = (
+            Cycle.objects.filter(account_id=account_id, decisions__icontains="decision_to_order_ms")
+            .order_by("-finished_at", "-id")
+            .only("decisions")
+            .first()
+        )
+        if placed is not None:
+            latest = [item for item in placed.decisions if "decision_to_order_ms" in item]
+            rows.append(
+                ("aether_cycle_decision_to_order_seconds", [slug], latest[-1]["decision_to_order_ms"] / 1000)
+            )
+        hedge = HedgeSnapshot.objects.filter(account_id=account_id).order_by("-taken_at", "-id").first()
+        if hedge is not None:
+            if hedge.actual_pct is not None:
+                rows.append(("aether_hedge_ratio_pct", [slug], hedge.actual_pct))
+            rows.append(("aether_hedge_target_ratio_pct", [slug], hedge.target_pct))
+    for switch in KillSwitch.objects.all():
+        slug = slugs.get(switch.account_id)
+        for status in ("armed", "tripped"):
+            rows.append(("aether_kill_switch_state", [slug, status], 1 if switch.status == status else 0))
+        rows.append(("aether_kill_switch_halted", [slug], 1 if switch.halted else 0))
+        rows.append(("aether_kill_switch_enforcement_due", [slug], 1 if switch.enforcement_due else 0))
+    unknown = dict(
+        Order.objects.filter(status=OrderStatus.UNKNOWN)
+        .values("account_id")
+        .annotate(n=Count("id"))
+        .values_list("account_id", "n")
+    )
+    for account_id, slug in slugs.items():
+        rows.append(("aether_orders_unknown", [slug], unknown.get(account_id, 0)))
+    recent = (
+        Cycle.objects.filter(started_at__gte=now - timedelta(hours=1))
+        .values("account_id", "status")
+        .annotate(n=Count("id"))
+    )
+    counts = {(row["account_id"], row["status"]): row["n"] for row in recent}
+    for account_id, slug in slugs.items():
+        for status in CycleStatus.values:
+            rows.append(("aether_cycles_recent", [slug, status], counts.get((account_id, status), 0)))
+    return rows
+
+
 WEB_REGISTRY = CollectorRegistry(auto_describe=False)
 WEB_REGISTRY.register(FeedStatusCollector())
+WEB_REGISTRY.register(AccountStateCollector())

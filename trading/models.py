@@ -328,6 +328,9 @@ class Position(AccountOwned):
         **MONEY, null=True, blank=True, help_text="highest price since entry; empty: no trailing stop"
     )
     exit_planned_at = models.DateTimeField(null=True, blank=True)
+    exits_watched_through = models.DateTimeField(
+        null=True, blank=True, help_text="close time of the last bar its exits were evaluated on (once a bar)"
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -396,3 +399,50 @@ class Trade(AccountOwned):
 
     def __str__(self) -> str:
         return f"{self.instrument} closed {self.closed_at:%Y-%m-%d %H:%M}: {self.net_pnl} USD"
+
+
+class CycleStatus(models.TextChoices):
+    RUNNING = "running"
+    DONE = "done"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+class Cycle(AccountOwned):
+    """One strategy cycle: one account, one pair, one closed bar. The unique key makes a retried task a
+    no-op once the cycle is done; orders carry ids derived from the cycle, so a cycle resumed after a crash
+    finds the orders it already placed instead of placing them again."""
+
+    account = models.ForeignKey("accounts.Account", on_delete=models.PROTECT, related_name="cycles")
+    instrument = models.ForeignKey(Instrument, on_delete=models.PROTECT, related_name="+")
+    timeframe = models.PositiveIntegerField(help_text="bar minutes")
+    bar_open_time = models.DateTimeField(help_text="open time of the closed bar the cycle decided on")
+    broker = models.CharField(max_length=8, choices=BrokerName.choices, help_text="the book it traded")
+    status = models.CharField(max_length=8, choices=CycleStatus.choices, default=CycleStatus.RUNNING)
+    strategy = models.CharField(max_length=40, blank=True, help_text="which strategy decided, and why")
+    signal = models.CharField(max_length=16, blank=True, help_text="entry, exit or hold")
+    reason = models.TextField(blank=True, help_text="the strategy's reason, or why the cycle was skipped")
+    probability = models.FloatField(null=True, blank=True, help_text="the champion model's probability")
+    model_version_id = models.IntegerField(null=True, blank=True)
+    regime = models.CharField(max_length=16, blank=True)
+    decisions = models.JSONField(
+        default=list, blank=True, help_text="intents, risk verdicts and orders, in the order they were made"
+    )
+    error = models.TextField(blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    started_at = models.DateTimeField()
+    lease_until = models.DateTimeField(help_text="another cycle of this account waits until then")
+    finished_at = models.DateTimeField(null=True, blank=True)
+    duration_ms = models.FloatField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-bar_open_time", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["account", "instrument", "timeframe", "bar_open_time"], name="cycle_once_per_bar"
+            )
+        ]
+        indexes = [models.Index(fields=["account", "status"], name="cycle_account_status")]
+
+    def __str__(self) -> str:
+        return f"{self.account} {self.instrument} {self.bar_open_time:%Y-%m-%d %H:%M} [{self.status}]"

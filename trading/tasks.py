@@ -27,3 +27,100 @@ def reconcile_all() -> int:
     for account_id in ids:
         reconcile_account.delay(account_id)
     return len(ids)
+
+
+@shared_task(name="trading.bar_closed", ignore_result=True)
+def bar_closed(instrument_id: int, bar_open_time: str) -> int:
+    """A closed bar of ``AETHER_TIMEFRAME`` was stored (by the feed or a replay): match the resting simulated
+    orders on it, then queue every account's strategy cycle for it. Returns how many cycles were queued."""
+    from datetime import datetime
+
+    from django.conf import settings
+
+    from accounts.models import Account
+    from trading.models import Candle, Instrument
+    from trading.quotes import candle_bar
+    from trading.services.orders import sim_orders_match_bar
+
+    instrument = Instrument.objects.get(pk=instrument_id)
+    opened = datetime.fromisoformat(bar_open_time)
+    candle = Candle.objects.get(
+        instrument=instrument, timeframe=settings.AETHER_TIMEFRAME, open_time=opened, closed=True
+    )
+    sim_orders_match_bar(instrument=instrument, bar=candle_bar(candle), actor=SystemActor("sim_broker"))
+    ids = list(Account.objects.order_by("pk").values_list("pk", flat=True))
+    for account_id in ids:
+        cycle_run.delay(account_id, instrument_id, bar_open_time)
+    return len(ids)
+
+
+#: A busy account (another of its cycles holds the lease) is retried this many times before the task gives
+#: up loudly; beat's sweep queues the cycle again if it is still the newest bar.
+CYCLE_BUSY_RETRIES = 60
+#: Transient failures (database or lock unavailable, broker unreachable) are retried this many times.
+CYCLE_TRANSIENT_RETRIES = 3
+
+
+@shared_task(
+    bind=True,
+    name="trading.cycle_run",
+    ignore_result=True,
+    acks_late=True,  # idempotent per (account, bar): a redelivered cycle finds its row and its orders
+    max_retries=CYCLE_BUSY_RETRIES,
+)
+def cycle_run(self, account_id: int, instrument_id: int, bar_open_time: str) -> str:
+    """Run one account's strategy cycle on one closed bar (see ``trading.services.cycle``)."""
+    from datetime import datetime
+
+    from django.conf import settings
+    from django.db import InterfaceError, OperationalError
+
+    from accounts.models import Account
+    from trading.brokers.base import BrokerUnavailable
+    from trading.brokers.private_lock import PrivateLockError
+    from trading.models import Instrument
+    from trading.services.cycle import CycleBusy
+    from trading.services.cycle import cycle_run as run
+
+    account = Account.objects.get(pk=account_id)
+    instrument = Instrument.objects.get(pk=instrument_id)
+    try:
+        cycle = run(
+            account=account, instrument=instrument, bar_open_time=datetime.fromisoformat(bar_open_time)
+        )
+    except CycleBusy as exc:
+        raise self.retry(exc=exc, countdown=settings.CYCLE_BUSY_RETRY_SECONDS) from exc
+    except (OperationalError, InterfaceError, PrivateLockError, BrokerUnavailable) as exc:
+        if self.request.retries >= CYCLE_TRANSIENT_RETRIES:
+            raise
+        raise self.retry(exc=exc, countdown=2 ** (self.request.retries + 1)) from exc
+    return f"{account.slug} {instrument.symbol} {bar_open_time}: {cycle.status} ({cycle.reason[:120]})"
+
+
+@shared_task(name="trading.cycles_sweep", ignore_result=True)
+def cycles_sweep() -> int:
+    """Queue the cycle of every account on every traded pair's newest closed bar that has none finished."""
+    from trading.services.cycle import cycles_due
+
+    due = cycles_due()
+    for account_id, instrument_id, opened in due:
+        cycle_run.delay(account_id, instrument_id, opened.isoformat())
+    return len(due)
+
+
+@shared_task(name="trading.universe_sync", ignore_result=True)
+def universe_sync() -> str:
+    """Refresh the spot USD universe from Kraken's AssetPairs (pairs Kraken no longer lists are delisted)."""
+    from trading.marketdata.kraken_rest import fetch_asset_pairs
+    from trading.services import universe_sync as sync
+
+    report = sync(
+        actor=SystemActor("universe_sync"),
+        answer=fetch_asset_pairs(),
+        source="kraken_api",
+        delist_missing=True,
+    )
+    return (
+        f"{len(report.created)} created, {len(report.changed)} changed, {len(report.delisted)} delisted, "
+        f"{len(report.rejected)} left out"
+    )

@@ -13,9 +13,16 @@ from aether_site.celery import app
 
 def test_install_beat_schedule_creates_every_task_once_and_keeps_a_pause(db, settings):
     settings.AETHER_PAIRS = ["BTC/USD", "ETH/USD"]
+    settings.AETHER_MARKET_DATA = "live"
     out = io.StringIO()
     call_command("install_beat_schedule", stdout=out)
-    assert "4 tasks, 4 created, 0 updated" in out.getvalue()
+    assert "6 tasks, 6 created, 0 updated" in out.getvalue()
+    cycles = PeriodicTask.objects.get(name="strategy cycles on closed bars")
+    assert (cycles.task, cycles.interval.every) == (
+        "trading.cycles_sweep",
+        settings.CYCLE_SWEEP_EVERY_SECONDS,
+    )
+    assert PeriodicTask.objects.get(name="universe sync").queue == "market_data"
     reconcile = PeriodicTask.objects.get(name="reconcile all accounts")
     assert reconcile.task == "trading.reconcile_all"
     assert reconcile.interval.every == settings.RECONCILE_EVERY_SECONDS
@@ -31,7 +38,7 @@ def test_install_beat_schedule_creates_every_task_once_and_keeps_a_pause(db, set
     reconcile.enabled = False  # a director pauses it in the admin
     reconcile.save()
     call_command("install_beat_schedule", stdout=(again := io.StringIO()))
-    assert "4 tasks, 0 created, 0 updated" in again.getvalue()
+    assert "6 tasks, 0 created, 0 updated" in again.getvalue()
     assert PeriodicTask.objects.get(name="reconcile all accounts").enabled is False
 
 
@@ -66,3 +73,10 @@ def test_the_embedded_broker_has_its_folders_before_the_first_message(tmp_path):
     assert list(folders["control"].iterdir()), (
         "the exchange table is kept there too, not in the working directory"
     )
+
+
+def test_replayed_market_data_has_no_universe_sync(db, settings):
+    from aether_site.beat import schedule
+
+    settings.AETHER_MARKET_DATA = "replay"
+    assert "trading.universe_sync" not in {entry.task for entry in schedule()}

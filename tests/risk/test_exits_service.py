@@ -360,3 +360,68 @@ def test_the_celery_task_watches_a_stored_closed_bar_by_ids(book, settings):
     )
     assert task(btc.pk, opened.isoformat()) == 1
     assert position_of(account, btc).stop_price == D("49470")
+
+
+def test_a_bar_is_evaluated_once_even_when_two_paths_see_it(book):
+    """The feed's task and the account's cycle may both watch the same bar: the second look does nothing
+    (a ratchet or an exit is never counted twice)."""
+    account, btc, quotes = book
+    enter(book)
+    same = bar("50000", "51000")
+    exits_evaluate(instrument=btc, bar=same, quotes=quotes)
+    exits_evaluate(instrument=btc, bar=same, quotes=quotes, account=account)
+    assert len(events(account, "risk.stop_ratcheted")) == 1
+    through = bar("48000", "50500", hour=1)
+    (first,) = exits_evaluate(instrument=btc, bar=through, quotes=quotes)
+    again = exits_evaluate(instrument=btc, bar=through, quotes=quotes)
+    assert first.signal is not None
+    assert [outcome for outcome in again if outcome.signal is not None] == []
+    assert Order.objects.filter(account=account, side="sell").count() == 1
+    assert len(events(account, "risk.exit_signal")) == 1
+
+
+def test_only_the_given_accounts_position_is_watched(book, firm, universe):
+    account, btc, quotes = book
+    enter(book)
+    assert (
+        exits_evaluate(instrument=btc, bar=bar("50000", "51000"), quotes=quotes, account=firm.bob_account)
+        == []
+    )
+    assert position_of(account, btc).trail_high != D("51000")
+
+
+def test_the_resting_stop_on_kraken_follows_the_trailing_stop_in_steps(kraken_env, settings):
+    fake, creds, account, factory, btc = kraken_env
+    settings.PROTECTIVE_STOP_STEP_PCT = D("1")
+    order_submit_checked(
+        account=account,
+        actor=ENGINE,
+        instrument=btc,
+        side="buy",
+        order_type="market",
+        quantity=D("0.01"),
+        reason="strategy",
+        expected_edge_pct=EDGE,
+        broker_factory=factory,
+    )
+    first = Order.objects.get(account=account, order_type="stop-loss", status="OPEN")
+    assert first.stop_price == D("49000.1")
+    # A small rise (the stop moves up less than 1 %): the resting stop stays where it is.
+    (outcome,) = exits_evaluate(instrument=btc, bar=bar("50000", "50600"), broker_factory=factory)
+    assert outcome.problems == ()
+    position = position_of(account, btc, broker="kraken")
+    assert position.stop_price > first.stop_price
+    assert position.stop_price < first.stop_price * D("1.01")
+    assert Order.objects.filter(account=account, order_type="stop-loss").count() == 1
+    # A larger rise: the old stop is canceled on Kraken and a new one rests at the ratcheted stop.
+    fake.set_price("XXBTZUSD", "51800", bid="51799.9", ask="51800.1")
+    (outcome,) = exits_evaluate(instrument=btc, bar=bar("51000", "52000", hour=1), broker_factory=factory)
+    assert outcome.problems == ()
+    position = position_of(account, btc, broker="kraken")
+    first.refresh_from_db()
+    assert first.status == OrderStatus.CANCELED
+    moved = Order.objects.get(account=account, order_type="stop-loss", status="OPEN")
+    assert moved.stop_price == position.stop_price == D("50440")
+    stops = [o for o in fake.orders(creds.api_key) if o.ordertype == "stop-loss"]
+    assert [(o.status, o.price) for o in stops] == [("canceled", D("49000.1")), ("open", D("50440"))]
+    assert position.quantity == D("0.01")

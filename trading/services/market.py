@@ -9,6 +9,7 @@ from decimal import Decimal
 from itertools import islice
 from pathlib import Path
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -403,7 +404,8 @@ def feed_bars_store(
     """Store closed bars and at most one forming bar (the newest): a forming bar older than the newest row
     written was never confirmed closed and is removed, so only the current one stays ``closed=False``.
     A replay only stores bars where none exists (``candles_upsert``) and removes only its own forming bars,
-    never one from Kraken."""
+    never one from Kraken. Each closed bar of ``AETHER_TIMEFRAME`` written queues ``trading.bar_closed``
+    (resting simulated orders matched, then every account's strategy cycle) once the write commits."""
     with transaction.atomic():
         result = candles_upsert(instrument=instrument, timeframe=timeframe, rows=rows, source=source)
         newest = max(row.open_time for row in rows)
@@ -413,4 +415,17 @@ def feed_bars_store(
         if source == Candle.Source.REPLAY:
             superseded = superseded.filter(source=source)
         superseded.delete()
+        if timeframe == settings.AETHER_TIMEFRAME and result.written:
+            for row in rows:
+                if row.closed:
+                    transaction.on_commit(_queue_bar_closed(instrument.pk, row.open_time))
     return result
+
+
+def _queue_bar_closed(instrument_id: int, open_time: datetime):
+    def queue() -> None:
+        from trading.tasks import bar_closed
+
+        bar_closed.delay(instrument_id, open_time.isoformat())
+
+    return queue

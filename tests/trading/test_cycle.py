@@ -1,0 +1,273 @@
+"""The strategy cycle shell: once per (account, pair, bar), never overlapping, resumable without duplicates,
+recorded with its reasons, started by closed bars and by beat's sweep."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal as D
+
+import pandas as pd
+import pytest
+from django.utils import timezone
+
+from risk.services import killswitch_halt
+from tests.learning.conftest import store
+from tests.learning.synthetic import candles
+from trading.candles import CandleRow
+from trading.matching import Quote
+from trading.models import Candle, Cycle, CycleStatus, Order, OrderStatus
+from trading.quotes import MemoryQuoteSource
+from trading.services import cycle as cycle_service
+from trading.services import feed_bars_store
+from trading.services.cycle import CycleBusy, cycle_run, cycles_due
+from trading.services.orders import sim_balance_set
+from trading.strategy import Action, Signal
+
+BARS = 400
+
+
+class AlwaysEnter:
+    """A strategy that wants a long on every bar (the test double of the Strategy interface)."""
+
+    name = "test_enter"
+
+    def signal(self, *, market, holding, policy):
+        if holding.quantity > 0:
+            return Signal(Action.HOLD, self.name, "test: already long")
+        return Signal(Action.ENTER, self.name, "test: enter", expected_edge_pct=D("5"))
+
+
+@pytest.fixture
+def bars(universe):
+    """BTC/USD and ETH/USD: 400 closed hourly bars ending with the last full hour."""
+    end = pd.Timestamp(timezone.now()).floor("h") - pd.Timedelta(hours=1)
+    index = pd.date_range(end - pd.Timedelta(hours=BARS - 1), periods=BARS, freq="h", name="open_time")
+    store(universe["BTC/USD"], candles(BARS, seed=3, price=50000.0).set_axis(index), forming_after=False)
+    store(universe["ETH/USD"], candles(BARS, seed=4, price=2500.0).set_axis(index), forming_after=False)
+    last = Candle.objects.filter(instrument=universe["BTC/USD"], timeframe=60).order_by("-open_time").first()
+    return {"btc": universe["BTC/USD"], "eth": universe["ETH/USD"], "bar": end.to_pydatetime(), "last": last}
+
+
+def fresh_quotes(bars) -> MemoryQuoteSource:
+    now = timezone.now()
+    eth_close = Candle.objects.get(instrument=bars["eth"], timeframe=60, open_time=bars["bar"]).close
+    return MemoryQuoteSource(
+        {
+            "BTC/USD": Quote.from_last(bars["last"].close, now - timedelta(seconds=5)),
+            "ETH/USD": Quote.from_last(eth_close, now - timedelta(seconds=5)),
+        }
+    )
+
+
+@pytest.fixture
+def funded(firm, bars):
+    sim_balance_set(
+        account=firm.alice_account, asset="USD", amount=D("100000"), actor=firm.owner, reason="funding"
+    )
+    return firm.alice_account
+
+
+def run(account, bars, instrument=None, **kwargs) -> Cycle:
+    return cycle_run(
+        account=account,
+        instrument=instrument or bars["btc"],
+        bar_open_time=bars["bar"],
+        quotes=fresh_quotes(bars),
+        **kwargs,
+    )
+
+
+def test_without_a_champion_the_rule_strategy_decides_and_the_cycle_says_so(funded, bars):
+    cycle = run(funded, bars)
+    assert cycle.status in (CycleStatus.DONE, CycleStatus.SKIPPED)
+    assert cycle.strategy == "rule_trend"
+    assert cycle.signal in {"enter", "exit", "hold"}
+    decision = next(item for item in cycle.decisions if item["kind"] == "decision")
+    assert "no champion model" in decision["model"]
+    assert any("no champion" in note or "rule" in note for note in decision["notes"])
+    nav = next(item for item in cycle.decisions if item["kind"] == "nav")
+    assert D(nav["equity"]) > 0
+    assert cycle.duration_ms is not None
+    assert cycle.finished_at is not None
+
+
+def test_an_entry_goes_through_risk_to_a_fill_and_a_retry_does_nothing_twice(funded, bars, monkeypatch):
+    monkeypatch.setattr(cycle_service, "_strategy_for", lambda account: AlwaysEnter())
+    cycle = run(funded, bars)
+    assert (cycle.status, cycle.strategy, cycle.signal) == (CycleStatus.DONE, "test_enter", "enter")
+    order = Order.objects.get(account=funded)
+    assert order.client_order_id == f"cy{cycle.pk}-0"
+    assert (order.side, order.status, order.broker) == ("buy", OrderStatus.FILLED, "sim")
+    assert f"cycle #{cycle.pk}" in order.reason
+    record = next(item for item in cycle.decisions if item["kind"] == "order")
+    assert (record["order_id"], record["verdict"]) == (order.pk, "accept")
+    # The same task again (a redelivery): the finished cycle is returned, nothing is placed again.
+    again = run(funded, bars)
+    assert (again.pk, again.attempts) == (cycle.pk, 1)
+    assert Order.objects.filter(account=funded).count() == 1
+    # Buying power was capped by the hedge: the cycle recorded the target it used.
+    decision = next(item for item in cycle.decisions if item["kind"] == "decision")
+    assert 0 <= D(decision["hedge_target"]) <= 1
+
+
+def test_a_cycle_resumed_after_its_worker_died_finds_the_order_it_already_placed(funded, bars, monkeypatch):
+    monkeypatch.setattr(cycle_service, "_strategy_for", lambda account: AlwaysEnter())
+    cycle = run(funded, bars)
+    # The worker "died" after placing the order and before finishing: the row is still running, lease lapsed.
+    Cycle.objects.filter(pk=cycle.pk).update(
+        status=CycleStatus.RUNNING, lease_until=timezone.now() - timedelta(seconds=1), finished_at=None
+    )
+    resumed = run(funded, bars)
+    assert resumed.pk == cycle.pk
+    assert (resumed.status, resumed.attempts) == (CycleStatus.DONE, 2)
+    assert Order.objects.filter(account=funded).count() == 1  # found by its client id, not placed again
+
+
+def test_cycles_of_one_account_never_overlap_but_other_accounts_run(funded, firm, bars):
+    now = timezone.now()
+    Cycle.objects.create(
+        account=funded,
+        instrument=bars["eth"],
+        timeframe=60,
+        bar_open_time=bars["bar"],
+        broker="sim",
+        started_at=now,
+        lease_until=now + timedelta(minutes=5),
+    )
+    with pytest.raises(CycleBusy, match="holds the lease"):
+        run(funded, bars)
+    assert not Cycle.objects.filter(account=funded, instrument=bars["btc"]).exists()
+    other = run(firm.bob_account, bars)
+    assert other.status in (CycleStatus.DONE, CycleStatus.SKIPPED)
+
+
+def test_a_halted_account_is_skipped_with_the_reason_and_places_no_entry(funded, firm, bars, monkeypatch):
+    monkeypatch.setattr(cycle_service, "_strategy_for", lambda account: AlwaysEnter())
+    killswitch_halt(account=funded, actor=firm.owner, reason="news")
+    cycle = run(funded, bars)
+    assert cycle.status == CycleStatus.SKIPPED
+    assert "halt" in cycle.reason.lower()
+    assert not Order.objects.filter(account=funded).exists()
+
+
+def test_unresolved_orders_block_new_entries_until_reconciliation(funded, bars, monkeypatch):
+    monkeypatch.setattr(cycle_service, "_strategy_for", lambda account: AlwaysEnter())
+    Order.objects.create(
+        account=funded,
+        instrument=bars["btc"],
+        broker="sim",
+        client_order_id="lost-in-flight",
+        side="buy",
+        order_type="market",
+        quantity=D("0.001"),
+        status=OrderStatus.UNKNOWN,
+        placed_by="system:test",
+    )
+    cycle = run(funded, bars)
+    assert cycle.status == CycleStatus.SKIPPED
+    assert "unknown outcome" in cycle.reason
+    assert Order.objects.filter(account=funded).count() == 1
+
+
+def test_a_missing_bar_fails_the_cycle_loudly_and_a_retry_may_run_it(funded, bars):
+    with pytest.raises(cycle_service.CycleError, match="no closed 60m bar"):
+        cycle_run(
+            account=funded,
+            instrument=bars["btc"],
+            bar_open_time=bars["bar"] + timedelta(hours=5),
+            quotes=fresh_quotes(bars),
+        )
+    failed = Cycle.objects.get(account=funded)
+    assert failed.status == CycleStatus.FAILED
+    assert "no closed 60m bar" in failed.error
+
+
+def test_a_stored_closed_bar_queues_the_fan_out_and_the_fan_out_queues_every_account(
+    firm, bars, celery_sent, django_capture_on_commit_callbacks
+):
+    from trading import tasks
+
+    opened = bars["bar"] + timedelta(hours=1)
+    row = CandleRow(opened, D("1"), D("2"), D("1"), D("2"), D("3"), None, True)
+    with django_capture_on_commit_callbacks(execute=True):
+        feed_bars_store(instrument=bars["btc"], timeframe=60, rows=[row], source=Candle.Source.REPLAY)
+    assert [(name, args) for name, args, _ in celery_sent] == [
+        ("trading.bar_closed", (bars["btc"].pk, opened.isoformat()))
+    ]
+    celery_sent.clear()
+    assert tasks.bar_closed(bars["btc"].pk, opened.isoformat()) == 3
+    queued = sorted(args[0] for name, args, _ in celery_sent if name == "trading.cycle_run")
+    assert queued == sorted([firm.company.pk, firm.alice_account.pk, firm.bob_account.pk])
+
+
+def test_a_forming_bar_queues_nothing(bars, celery_sent, django_capture_on_commit_callbacks):
+    opened = bars["bar"] + timedelta(hours=1)
+    row = CandleRow(opened, D("1"), D("2"), D("1"), D("2"), D("3"), None, False)
+    with django_capture_on_commit_callbacks(execute=True):
+        feed_bars_store(instrument=bars["btc"], timeframe=60, rows=[row], source=Candle.Source.REPLAY)
+    assert celery_sent == []
+
+
+def test_the_sweep_queues_only_the_newest_bar_without_a_finished_cycle(funded, firm, bars, settings):
+    settings.AETHER_PAIRS = ["BTC/USD"]
+    due = cycles_due()
+    assert {(account, bar) for account, _, bar in due} == {
+        (firm.company.pk, bars["bar"]),
+        (firm.alice_account.pk, bars["bar"]),
+        (firm.bob_account.pk, bars["bar"]),
+    }
+    run(funded, bars)
+    assert firm.alice_account.pk not in {account for account, _, _ in cycles_due()}
+
+
+def test_the_cycle_task_retries_a_busy_account(funded, bars, monkeypatch):
+    from celery.exceptions import Retry
+
+    from trading import tasks
+
+    def busy(**kwargs):
+        raise CycleBusy("alice: cycle #1 holds the lease")
+
+    monkeypatch.setattr(cycle_service, "cycle_run", busy)
+    with pytest.raises(Retry):
+        tasks.cycle_run.apply(args=(funded.pk, bars["btc"].pk, bars["bar"].isoformat()), throw=True).get()
+
+
+def test_the_cycle_admin_is_account_scoped(funded, firm, bars, client):
+    cycle = run(funded, bars)
+    other = run(firm.bob_account, bars)
+    client.force_login(firm.viewer)  # a viewer of alice's account only
+    listing = client.get("/admin/trading/cycle/")
+    assert listing.status_code == 200
+    assert f"/admin/trading/cycle/{cycle.pk}/change/" in listing.content.decode()
+    assert f"/admin/trading/cycle/{other.pk}/change/" not in listing.content.decode()
+    assert client.get(f"/admin/trading/cycle/{other.pk}/change/").status_code == 404
+    page = client.get(f"/admin/trading/cycle/{cycle.pk}/change/")
+    assert page.status_code == 200
+    assert "decisions" in page.content.decode()
+
+
+def test_the_web_metrics_show_what_workers_did_per_account(funded, firm, bars, client, monkeypatch, settings):
+    settings.METRICS_TOKEN = ""
+    monkeypatch.setattr(cycle_service, "_strategy_for", lambda account: AlwaysEnter())
+    run(funded, bars)
+    Order.objects.create(
+        account=firm.bob_account,
+        instrument=bars["btc"],
+        broker="sim",
+        client_order_id="lost-in-flight",
+        side="buy",
+        order_type="market",
+        quantity=D("0.001"),
+        status=OrderStatus.UNKNOWN,
+        placed_by="system:test",
+    )
+    text = client.get("/metrics").content.decode()
+    assert 'aether_account_equity_usd{account="alice"}' in text
+    assert 'aether_cycle_last_duration_seconds{account="alice"}' in text
+    assert 'aether_cycle_decision_to_order_seconds{account="alice"}' in text
+    assert 'aether_cycles_recent{account="alice",status="done"} 1.0' in text
+    assert 'aether_orders_unknown{account="bob"} 1.0' in text
+    assert 'aether_orders_unknown{account="alice"} 0.0' in text
+    assert 'aether_kill_switch_state{account="alice",status="armed"} 1.0' in text
+    assert 'aether_hedge_target_ratio_pct{account="alice"}' in text

@@ -1,0 +1,446 @@
+"""The strategy cycle: one account, one pair, one closed bar, from data to orders to equity.
+
+``cycle_run`` is the shell around the decision core (:func:`trading.cycle_core.decide`):
+
+1. **Claim** the cycle row (unique per account, pair, timeframe and bar) under the account's row lock. A cycle
+   already done or skipped is returned as it is, so a retried task does nothing twice. Cycles of one account
+   never overlap: a running cycle holds a lease (``CYCLE_LEASE_SECONDS``); another cycle of the account raises
+   :class:`CycleBusy` (the task retries it shortly). A cycle whose worker died is resumed once its lease has
+   lapsed; its orders carry client ids derived from the cycle, so a resumed cycle finds what it already placed
+   instead of placing it again.
+2. **Exits first**: the account's open position in the pair is watched on the bar by the risk service
+   (:func:`risk.exits.exits_evaluate`: stop-loss, take-profit, trailing ratchet, the resting stop on Kraken).
+3. **Decide**: features and the champion's probability (or, without a champion, the rule-based strategy, which
+   the cycle records), the hedge's cap on buying power, sizing and the pre-trade checks: all in the core.
+4. **Orders**: each intent goes through :func:`risk.pretrade.order_submit_checked` (checked again on fresh
+   state, committed before any network call).
+5. **Hedge** (the account's hedge policy, when the hedging app decides a rebalance is due) and a **NAV
+   snapshot** (which also feeds the kill switch).
+
+Everything the cycle decided, with reasons and order ids, is stored on the row (visible in the admin), and
+the row says which strategy ran and why. Must not run inside a transaction (orders commit first).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.models import Account
+from governance.actors import SystemActor
+from trading.brokers.base import Side
+from trading.models import Candle, Cycle, CycleStatus, Instrument, Order, OrderStatus, OrderType, Position
+from trading.quotes import candle_bar
+from trading.selectors import book_of, pair_rules_for
+
+logger = logging.getLogger(__name__)
+
+CYCLE = SystemActor("strategy_cycle")
+#: Closed bars the cycle reads for ATR and realised volatility (as the exits service does).
+VOLATILITY_BARS = 16
+
+
+class CycleBusy(Exception):
+    """Another cycle of the account holds the lease; try again in ``CYCLE_BUSY_RETRY_SECONDS``."""
+
+
+class CycleError(RuntimeError):
+    """The cycle cannot run (e.g. its bar is not stored as closed); the message says why."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Claim and finish
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _claim(
+    *, account: Account, instrument: Instrument, timeframe: int, bar_open_time: datetime, now: datetime
+) -> tuple[Cycle, bool]:
+    """(cycle, run it?) under the account's row lock; see the module docstring."""
+    lease = timedelta(seconds=settings.CYCLE_LEASE_SECONDS)
+    with transaction.atomic():
+        locked = Account.objects.select_for_update(no_key=True).get(pk=account.pk)
+        cycle = (
+            Cycle.objects.select_for_update()
+            .filter(account=locked, instrument=instrument, timeframe=timeframe, bar_open_time=bar_open_time)
+            .first()
+        )
+        if cycle is not None and cycle.status in (CycleStatus.DONE, CycleStatus.SKIPPED):
+            return cycle, False
+        others = Cycle.objects.filter(account=locked, status=CycleStatus.RUNNING, lease_until__gt=now)
+        if cycle is not None:
+            others = others.exclude(pk=cycle.pk)
+        holder = others.order_by("started_at").first()
+        if holder is not None:
+            raise CycleBusy(f"{account.slug}: cycle #{holder.pk} ({holder.instrument}) holds the lease")
+        if cycle is not None and cycle.status == CycleStatus.RUNNING and cycle.lease_until > now:
+            raise CycleBusy(f"{account.slug}: cycle #{cycle.pk} is running in another worker")
+        if cycle is None:
+            cycle = Cycle.objects.create(
+                account=locked,
+                instrument=instrument,
+                timeframe=timeframe,
+                bar_open_time=bar_open_time,
+                broker=book_of(locked),
+                status=CycleStatus.RUNNING,
+                attempts=1,
+                started_at=now,
+                lease_until=now + lease,
+            )
+        else:
+            cycle.status = CycleStatus.RUNNING
+            cycle.attempts += 1
+            cycle.started_at = now
+            cycle.lease_until = now + lease
+            cycle.broker = book_of(locked)
+            cycle.error = ""
+            cycle.save(update_fields=["status", "attempts", "started_at", "lease_until", "broker", "error"])
+    return cycle, True
+
+
+def _finish(cycle: Cycle, *, status: str, started: float, error: str = "") -> Cycle:
+    cycle.status = status
+    cycle.error = error
+    cycle.finished_at = timezone.now()
+    cycle.duration_ms = round((time.perf_counter() - started) * 1000, 3)
+    cycle.save(
+        update_fields=[
+            "status",
+            "error",
+            "finished_at",
+            "duration_ms",
+            "strategy",
+            "signal",
+            "reason",
+            "probability",
+            "model_version_id",
+            "regime",
+            "decisions",
+        ]
+    )
+    return cycle
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Inputs of the core
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MarketInputs:
+    """What the cycle reads of one pair at one bar; the same for every account (cached per process)."""
+
+    signal: object  # learning.selectors.Signal
+    features: object  # numpy row or None
+    atr: Decimal | None
+    realised_volatility: Decimal | None
+
+
+_MARKET_CACHE: dict[tuple, MarketInputs] = {}
+_MARKET_CACHE_SIZE = 64
+
+
+def _market_inputs(instrument: Instrument, timeframe: int, candle: Candle) -> MarketInputs:
+    from learning.selectors import market_inputs_for, serving_champion
+    from risk.replay import average_true_range
+    from trading.matching import log_return_volatility
+
+    bar = candle_bar(candle)
+    champion = serving_champion(symbol=instrument.symbol, timeframe=timeframe)
+    key = (instrument.pk, timeframe, candle.open_time, getattr(champion, "pk", None))
+    cached = _MARKET_CACHE.get(key)
+    if cached is not None:
+        return cached
+    signal, row = market_inputs_for(instrument=instrument, timeframe=timeframe, as_of=bar.close_time)
+    recent = list(
+        Candle.objects.filter(
+            instrument=instrument, timeframe=timeframe, closed=True, open_time__lte=candle.open_time
+        ).order_by("-open_time")[:VOLATILITY_BARS]
+    )
+    bars = [candle_bar(item) for item in reversed(recent)]
+    inputs = MarketInputs(
+        signal=signal,
+        features=row,
+        atr=average_true_range(bars),
+        realised_volatility=log_return_volatility([item.close for item in bars]),
+    )
+    if len(_MARKET_CACHE) >= _MARKET_CACHE_SIZE:
+        _MARKET_CACHE.pop(next(iter(_MARKET_CACHE)))
+    _MARKET_CACHE[key] = inputs
+    return inputs
+
+
+def _strategy_for(account: Account):
+    from learning.services import thresholds_ensure
+    from trading.strategy import ChampionStrategy, ChampionThresholds, DefaultStrategy
+
+    row = thresholds_ensure(actor=CYCLE, account=account)
+    return DefaultStrategy(
+        champion=ChampionStrategy(ChampionThresholds(entry_probability=float(row.entry_probability)))
+    )
+
+
+def _market_view(inputs: MarketInputs):
+    from learning.features import FEATURES
+    from learning.regime import label_of
+    from trading.strategy import MarketView
+
+    signal = inputs.signal
+    features = inputs.features
+    regime = signal.regime
+    if regime is None and features is not None:
+        regime = label_of(features[FEATURES.index("regime")])
+    return MarketView(
+        features=features,
+        regime=regime,
+        probability=signal.probability if signal.ok else None,
+        model_note=signal.message if not signal.ok else f"champion model #{signal.model_version_id}",
+    )
+
+
+def _holding(position: Position | None):
+    from risk.exits import plan_of
+    from trading.strategy import FLAT, Holding
+
+    if position is None or position.quantity <= 0:
+        return FLAT
+    entry = position.trip_buy_notional / position.trip_bought if position.trip_bought > 0 else None
+    return Holding(
+        quantity=position.quantity,
+        average_cost=position.average_cost,
+        entry_price=entry,
+        exit_plan=plan_of(position) if position.exit_planned_at is not None else None,
+    )
+
+
+def _hedge_target(account: Account, now: datetime) -> Decimal:
+    from hedging.selectors import hedge_target_for
+
+    return hedge_target_for(account=account, now=now)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The cycle
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _intent_record(intent, result, client_order_id: str, submitted_at: float) -> dict:
+    order = result.order
+    return {
+        "kind": "order",
+        "purpose": str(intent.purpose),
+        "side": str(intent.side),
+        "requested_quantity": str(intent.quantity),
+        "reason": intent.reason,
+        "verdict": str(result.decision.verdict),
+        "codes": [str(code) for code in result.decision.codes],
+        "message": result.decision.message,
+        "client_order_id": client_order_id,
+        "order_id": getattr(order, "pk", None),
+        "status": getattr(order, "status", None),
+        "filled_quantity": None if order is None else str(order.filled_quantity),
+        "decision_to_order_ms": round((time.perf_counter() - submitted_at) * 1000, 3),
+    }
+
+
+def cycle_run(
+    *,
+    account: Account,
+    instrument: Instrument,
+    bar_open_time: datetime,
+    timeframe: int | None = None,
+    actor=CYCLE,
+    quotes=None,
+    broker_factory=None,
+    now: datetime | None = None,
+) -> Cycle:
+    """Run (or return, when already done) the cycle of ``account`` on ``instrument``'s closed bar opened at
+    ``bar_open_time``; see the module docstring. Raises :class:`CycleBusy` while another cycle of the account
+    runs; any other error marks the cycle ``failed`` (with the error) and is raised."""
+    from risk.exits import exits_evaluate
+    from risk.pretrade import order_submit_checked, risk_snapshot
+    from risk.selectors import engine_policy_for
+    from risk.services import nav_snapshot_record
+    from trading.cycle_core import decide
+
+    timeframe = settings.AETHER_TIMEFRAME if timeframe is None else timeframe
+    now = now or timezone.now()
+    cycle, run = _claim(
+        account=account, instrument=instrument, timeframe=timeframe, bar_open_time=bar_open_time, now=now
+    )
+    if not run:
+        return cycle
+    started = time.perf_counter()
+    records: list[dict] = []
+    cycle.decisions = records
+    try:
+        candle = Candle.objects.filter(
+            instrument=instrument, timeframe=timeframe, open_time=bar_open_time, closed=True
+        ).first()
+        if candle is None:
+            raise CycleError(
+                f"{instrument.symbol}: no closed {timeframe}m bar opened at {bar_open_time.isoformat()}"
+            )
+        bar = candle_bar(candle)
+        account = Account.objects.get(pk=account.pk)  # the mode and switches as they are now
+        broker = book_of(account)
+
+        # 2. Exits of the open position, by the risk service (one evaluation per bar).
+        for outcome in exits_evaluate(
+            instrument=instrument, bar=bar, account=account, quotes=quotes, broker_factory=broker_factory
+        ):
+            if outcome.signal is not None or outcome.problems:
+                order = outcome.checked.order if outcome.checked is not None else None
+                records.append(
+                    {
+                        "kind": "exit",
+                        "reason": outcome.signal.message if outcome.signal is not None else "",
+                        "order_id": getattr(order, "pk", None),
+                        "status": getattr(order, "status", None),
+                        "problems": list(outcome.problems),
+                    }
+                )
+
+        # 3. Decide.
+        inputs = _market_inputs(instrument, timeframe, candle)
+        market = _market_view(inputs)
+        position = Position.objects.filter(account=account, broker=broker, instrument=instrument).first()
+        snapshot = risk_snapshot(account=account, instrument=instrument, now=now, quotes=quotes)
+        unresolved = Order.objects.filter(account=account, broker=broker, status=OrderStatus.UNKNOWN).count()
+        if unresolved:
+            # Orders Kraken may or may not hold: no new exposure until reconciliation resolves them.
+            snapshot = replace(snapshot, trading_enabled=False)
+        hedge_target = _hedge_target(account, now)
+        from trading.cycle_core import BarView
+
+        decision = decide(
+            policy=engine_policy_for(account=account),
+            pair=pair_rules_for(instrument),
+            snapshot=snapshot,
+            bar=BarView(
+                symbol=instrument.symbol,
+                open_time=bar.open_time,
+                close_time=bar.close_time,
+                high=bar.high,
+                low=bar.low,
+                close=bar.close,
+                atr=inputs.atr,
+                realised_volatility=inputs.realised_volatility,
+            ),
+            holding=_holding(position),
+            market=market,
+            strategy=_strategy_for(account),
+            hedge_target=hedge_target,
+            max_bar_age=timedelta(minutes=timeframe),
+            evaluate_exits=False,
+        )
+        signal = inputs.signal
+        cycle.strategy = decision.strategy
+        cycle.signal = str(decision.signal.action) if decision.signal is not None else ""
+        cycle.reason = decision.skip_reason or (decision.signal.reason if decision.signal else "")
+        if unresolved and decision.skip is not None:
+            cycle.reason = (
+                f"{unresolved} order(s) of unknown outcome (UNKNOWN): no new entries until reconciliation "
+                f"resolves them. {cycle.reason}"
+            )
+        cycle.probability = signal.probability
+        cycle.model_version_id = signal.model_version_id
+        cycle.regime = market.regime or ""
+        records.append(
+            {
+                "kind": "decision",
+                "notes": list(decision.notes),
+                "skip": str(decision.skip) if decision.skip else None,
+                "hedge_target": str(hedge_target),
+                "buying_power": None if decision.buying_power is None else str(decision.buying_power),
+                "rejected": None if decision.rejected is None else decision.rejected.message,
+                "model": market.model_note,
+            }
+        )
+
+        # 4. Orders, each checked again on fresh state and committed before any network call.
+        for index, intent in enumerate(decision.intents):
+            client_order_id = f"cy{cycle.pk}-{index}"
+            submitted_at = time.perf_counter()
+            result = order_submit_checked(
+                account=account,
+                actor=actor,
+                instrument=instrument,
+                side=Side(intent.side),
+                order_type=OrderType.MARKET,
+                quantity=intent.quantity,
+                client_order_id=client_order_id,
+                reason=f"cycle #{cycle.pk}: {intent.reason}",
+                expected_edge_pct=intent.expected_edge_pct,
+                quotes=quotes,
+                broker_factory=broker_factory,
+                now=now,
+            )
+            records.append(_intent_record(intent, result, client_order_id, submitted_at))
+
+        # 5. Hedge, then the NAV snapshot (which feeds the kill switch).
+        records.extend(
+            _hedge(account=account, actor=actor, now=now, quotes=quotes, broker_factory=broker_factory)
+        )
+        nav = nav_snapshot_record(account=account, actor=actor, reason="cycle", now=now, quotes=quotes)
+        records.append({"kind": "nav", "equity": str(nav.equity), "drawdown_pct": str(nav.drawdown_pct)})
+    except Exception as exc:
+        _finish(cycle, status=CycleStatus.FAILED, started=started, error=f"{type(exc).__name__}: {exc}")
+        raise
+    placed = any(item.get("kind") == "order" and item.get("order_id") for item in records)
+    status = CycleStatus.SKIPPED if decision.skip is not None and not placed else CycleStatus.DONE
+    return _finish(cycle, status=status, started=started)
+
+
+def _hedge(*, account: Account, actor, now: datetime, quotes, broker_factory) -> list[dict]:
+    from hedging.services import hedge_evaluate
+
+    outcome = hedge_evaluate(
+        account=account, actor=actor, now=now, quotes=quotes, broker_factory=broker_factory
+    )
+    return [{"kind": "hedge", "summary": str(outcome)}]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Which cycles are due
+# ----------------------------------------------------------------------------------------------------------
+
+
+def cycles_due(*, timeframe: int | None = None) -> list[tuple[int, int, datetime]]:
+    """(account id, instrument id, bar open time) of every traded pair's newest closed bar that an account
+    has no finished cycle for: what beat's sweep queues (the feed queues cycles as bars close; the sweep
+    catches what a restart or a lost message missed). Older bars are not caught up: a cycle decides on the
+    newest bar only."""
+    from trading.selectors import traded_instruments
+
+    timeframe = settings.AETHER_TIMEFRAME if timeframe is None else timeframe
+    due = []
+    accounts = list(Account.objects.order_by("pk").values_list("pk", flat=True))
+    for instrument in traded_instruments():
+        newest = (
+            Candle.objects.filter(instrument=instrument, timeframe=timeframe, closed=True)
+            .order_by("-open_time")
+            .values_list("open_time", flat=True)
+            .first()
+        )
+        if newest is None:
+            continue
+        finished = set(
+            Cycle.objects.filter(
+                instrument=instrument,
+                timeframe=timeframe,
+                bar_open_time=newest,
+                status__in=[CycleStatus.DONE, CycleStatus.SKIPPED],
+            ).values_list("account_id", flat=True)
+        )
+        due.extend(
+            (account_id, instrument.pk, newest) for account_id in accounts if account_id not in finished
+        )
+    return due
