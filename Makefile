@@ -15,7 +15,8 @@ HOST ?= 127.0.0.1:8000
 .PHONY: help install run test lint clean
 
 help:
-	@echo "make run    start Aether on embedded defaults (SQLite, no Redis, all accounts in simulation)"
+	@echo "make run    start Aether on embedded defaults (SQLite, no Redis, all accounts in simulation):"
+	@echo "            web, Celery worker and beat, and replayed market data on an accelerated clock"
 	@echo "make test   run the test suite (SQLite unless DATABASE_URL is set)"
 	@echo "make lint   ruff and the migrations check"
 
@@ -27,13 +28,16 @@ install: $(UV)
 	$(UV) sync --locked
 
 # Embedded mode: whatever DATABASE_URL / REDIS_URL / AETHER_ENV the shell has, `make run` ignores them.
+# Market data is replayed on an accelerated clock unless AETHER_MARKET_DATA=live is set.
+EMBEDDED := env -u DATABASE_URL -u REDIS_URL -u AETHER_ENV AETHER_MARKET_DATA=$(or $(AETHER_MARKET_DATA),replay)
+
 run: install
-	env -u DATABASE_URL -u REDIS_URL -u AETHER_ENV $(MANAGE) migrate --noinput
-	env -u DATABASE_URL -u REDIS_URL -u AETHER_ENV $(MANAGE) sync_universe --from-file
-	env -u DATABASE_URL -u REDIS_URL -u AETHER_ENV $(MANAGE) bootstrap_accounts --company "$(COMPANY)" \
+	$(EMBEDDED) $(MANAGE) migrate --noinput
+	$(EMBEDDED) $(MANAGE) sync_universe --from-file
+	$(EMBEDDED) $(MANAGE) bootstrap_accounts --company "$(COMPANY)" \
 		$(foreach d,$(DIRECTORS),--director $(d))
-	@echo "Admin: http://$(HOST)/admin/ (sign in as a director above; passwords are printed only when created)"
-	env -u DATABASE_URL -u REDIS_URL -u AETHER_ENV $(MANAGE) runserver $(HOST)
+	$(EMBEDDED) $(MANAGE) prepare_embedded
+	$(EMBEDDED) $(MANAGE) run_platform --host $(HOST)
 
 test: install
 	$(UV) run --locked pytest

@@ -55,6 +55,18 @@ def schedule() -> list[Entry]:
             ),
         )
     )
+    entries.append(
+        Entry(
+            name="hedge of all accounts",
+            task="hedging.evaluate_all",
+            every_seconds=settings.HEDGE_EVALUATE_EVERY_SECONDS,
+            queue="trading",
+            description=(
+                "Evaluate every account's USD hedge (target, band, minimum interval) and rebalance through "
+                "risk when due; strategy cycles also evaluate it on each bar."
+            ),
+        )
+    )
     if settings.AETHER_MARKET_DATA == "live":
         entries.append(
             Entry(

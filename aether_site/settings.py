@@ -83,6 +83,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "aether_site.context_processors.environment",
+                "aether_site.context_processors.market_data",
             ],
         },
     },
@@ -213,6 +214,15 @@ AETHER_PAIRS = env.list("AETHER_PAIRS", ["BTC/USD", "ETH/USD", "SOL/USD"])
 # Where candles come from while the platform runs: "live" (Kraken's WebSocket feed; beat also refreshes the
 # universe daily) or "replay" (stored history played on an accelerated clock: `make run`'s default, offline).
 AETHER_MARKET_DATA = env.choice("AETHER_MARKET_DATA", "live", ("live", "replay"))
+# Embedded mode (`make run`): Kraken OHLCVT files to learn from and replay (else a CoinGecko backfill when
+# online, else generated history labelled synthetic); how much of it is replayed, how fast, and what each
+# simulated account starts with. See trading/services/embedded.py.
+AETHER_HISTORY_DIR = env.str("AETHER_HISTORY_DIR") or None
+EMBEDDED_DIR = Path(env.str("EMBEDDED_DIR", str(VAR_DIR / "embedded")))
+EMBEDDED_HISTORY_BARS = env.int("EMBEDDED_HISTORY_BARS", 24 * 120, minimum=400)
+EMBEDDED_REPLAY_BARS = env.int("EMBEDDED_REPLAY_BARS", 24 * 14, minimum=2)
+EMBEDDED_SECONDS_PER_BAR = env.decimal("EMBEDDED_SECONDS_PER_BAR", "6", minimum="0.1")
+EMBEDDED_SIM_START_USD = env.decimal("EMBEDDED_SIM_START_USD", "100000", minimum="0")
 AETHER_TIMEFRAME = int(env.choice("AETHER_TIMEFRAME", "60", ("1", "5", "15", "30", "60", "240", "1440")))
 MARKET_STALE_SECONDS = env.int("MARKET_STALE_SECONDS", 90, minimum=5)
 # run_market_feed serves its own Prometheus metrics on this port (0: not served).
@@ -334,6 +344,8 @@ CYCLE_LEASE_SECONDS = env.int("CYCLE_LEASE_SECONDS", int(3 * KRAKEN_SUBMIT_WORST
 CYCLE_BUSY_RETRY_SECONDS = env.int("CYCLE_BUSY_RETRY_SECONDS", 2, minimum=1)
 # How often beat looks for closed bars without a cycle (the feed also starts cycles as each bar closes).
 CYCLE_SWEEP_EVERY_SECONDS = env.int("CYCLE_SWEEP_EVERY_SECONDS", 60, minimum=5)
+# How often beat evaluates every account's hedge besides the cycles (a book moved by a director's order).
+HEDGE_EVALUATE_EVERY_SECONDS = env.int("HEDGE_EVALUATE_EVERY_SECONDS", 900, minimum=60)
 
 # --- Auth -----------------------------------------------------------------------------------------------
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-from django.utils import timezone
-
 from hedging import policy as core
 from hedging.models import HedgeMode, HedgePolicy, HedgeSnapshot
+from trading.clock import platform_now
 
 HUNDRED = Decimal(100)
 
@@ -29,7 +28,7 @@ def hedge_target_pct_for(*, account, now: datetime | None = None) -> Decimal:
     * no automatic target computed yet (or no policy): the floor.
 
     Read-only: it never writes; ``hedge_evaluate`` records expiries and new targets."""
-    now = now or timezone.now()
+    now = now or platform_now()
     policy = HedgePolicy.objects.filter(account=account).first()
     if policy is None:
         return core.HedgeParams().floor_pct

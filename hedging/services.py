@@ -19,7 +19,6 @@ from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.db.models import Max, Sum
-from django.utils import timezone
 from prometheus_client import Counter, Gauge
 
 from accounts.models import Account
@@ -29,6 +28,7 @@ from governance.models import AuditEvent
 from governance.services import audit_record
 from hedging import policy as core
 from hedging.models import HedgeMode, HedgePolicy, HedgeSnapshot
+from trading.clock import platform_now
 from trading.fees import FeeRates, published_rates
 from trading.models import LIVE_STATUSES, Candle, Fill, Instrument, Order, Position, Side
 from trading.selectors import book_of, fee_rates_for, pair_rules_for
@@ -406,7 +406,7 @@ def hedge_set_manual(
     ``hedge_set_auto``. Audited (``hedge.manual_set``, before and after) with a ``manual_set`` snapshot.
     The next ``hedge_evaluate`` rebalances towards it (band and minimum interval apply)."""
     _require_director(actor, account, "override the hedge")
-    now = now or timezone.now()
+    now = now or platform_now()
     try:
         target = Decimal(target_pct)
     except (ArithmeticError, TypeError, ValueError):
@@ -464,7 +464,7 @@ def hedge_set_auto(
     and after) with an ``auto_set`` snapshot whose target is the last automatic target known (the floor
     when none was ever computed) until the next ``hedge_evaluate``. Already automatic: nothing recorded."""
     _require_director(actor, account, "set the hedge to automatic")
-    now = now or timezone.now()
+    now = now or platform_now()
     hedge_policy_for(account=account)
     with transaction.atomic():
         locked = _lock_account(account)
@@ -610,7 +610,7 @@ def hedge_evaluate(
     with transaction.atomic():
         locked = _lock_account(account)
         policy = HedgePolicy.objects.select_for_update().get(account=locked)
-        now = now or timezone.now()
+        now = now or platform_now()
         params = policy.to_params()
         problems = params.validate()
         if problems:

@@ -35,7 +35,6 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Q
-from django.utils import timezone
 
 from accounts.models import Account
 from governance.actors import SystemActor
@@ -44,6 +43,7 @@ from risk import engine
 from risk.pretrade import CheckedOrder, order_submit_checked, slippage_pct
 from risk.replay import average_true_range
 from risk.selectors import engine_policy_for
+from trading.clock import platform_now
 from trading.matching import log_return_volatility, plain, tick_of
 from trading.models import (
     LIVE_STATUSES,
@@ -165,7 +165,7 @@ def exits_plan(*, account: Account, instrument: Instrument, entry_price: Decimal
         if position.quantity <= 0:
             raise ExitPlanUnavailable(f"{account}'s {instrument.symbol} position is flat: nothing to protect")
         _store_plan(position, plan)
-        position.exit_planned_at = timezone.now()
+        position.exit_planned_at = platform_now()
         position.save(update_fields=[*PLAN_FIELDS, "updated_at"])
         audit_record(
             actor=actor,

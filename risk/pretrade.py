@@ -43,13 +43,13 @@ import pandas as pd
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Sum
-from django.utils import timezone
 from prometheus_client import Counter
 
 from accounts.models import Account
 from governance.services import audit_record
 from risk import engine
 from risk.selectors import engine_policy_for, switch_state_for
+from trading.clock import platform_now
 from trading.models import (
     LIVE_STATUSES,
     Balance,
@@ -125,7 +125,7 @@ def risk_snapshot(*, account: Account, instrument: Instrument, now=None, quotes=
     without locks: the order service re-checks funds under its own; see the module docstring)."""
     from trading.quotes import DatabaseQuoteSource
 
-    now = now or timezone.now()
+    now = now or platform_now()
     quotes = quotes or DatabaseQuoteSource()
     account = Account.objects.get(pk=account.pk)
     broker = book_of(account)

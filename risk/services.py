@@ -25,6 +25,7 @@ from governance.actors import SystemActor, actor_label
 from governance.services import audit_record
 from risk import engine
 from risk.models import KillSwitch, NavSnapshot, RiskPolicy
+from trading.clock import platform_now
 from trading.models import (
     FINAL_STATUSES,
     LIVE_STATUSES,
@@ -665,7 +666,7 @@ def nav_snapshot_record(
         switch = _lock_switch(locked)
         # Read under the lock: a snapshot that waited for another one is marked after it, never before
         # (it would be refused as out of order), and with the policy as it is now.
-        now = now or timezone.now()
+        now = now or platform_now()
         policy = RiskPolicy.objects.get(account=locked).to_engine()
         broker = book_of(locked)
         book = nav_mark_book(account=locked, broker=broker, quotes=quotes, now=now)

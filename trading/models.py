@@ -58,6 +58,7 @@ class Candle(models.Model):
         KRAKEN_CSV = "kraken_csv", "Kraken OHLCVT file"
         COINGECKO = "coingecko", "CoinGecko"
         REPLAY = "replay", "replay"
+        SYNTHETIC = "synthetic", "synthetic (generated, not market data)"
 
     instrument = models.ForeignKey(Instrument, on_delete=models.PROTECT, related_name="candles")
     timeframe = models.PositiveIntegerField(help_text="minutes")

@@ -16,13 +16,14 @@ def test_install_beat_schedule_creates_every_task_once_and_keeps_a_pause(db, set
     settings.AETHER_MARKET_DATA = "live"
     out = io.StringIO()
     call_command("install_beat_schedule", stdout=out)
-    assert "6 tasks, 6 created, 0 updated" in out.getvalue()
+    assert "7 tasks, 7 created, 0 updated" in out.getvalue()
     cycles = PeriodicTask.objects.get(name="strategy cycles on closed bars")
     assert (cycles.task, cycles.interval.every) == (
         "trading.cycles_sweep",
         settings.CYCLE_SWEEP_EVERY_SECONDS,
     )
     assert PeriodicTask.objects.get(name="universe sync").queue == "market_data"
+    assert PeriodicTask.objects.get(name="hedge of all accounts").task == "hedging.evaluate_all"
     reconcile = PeriodicTask.objects.get(name="reconcile all accounts")
     assert reconcile.task == "trading.reconcile_all"
     assert reconcile.interval.every == settings.RECONCILE_EVERY_SECONDS
@@ -38,7 +39,7 @@ def test_install_beat_schedule_creates_every_task_once_and_keeps_a_pause(db, set
     reconcile.enabled = False  # a director pauses it in the admin
     reconcile.save()
     call_command("install_beat_schedule", stdout=(again := io.StringIO()))
-    assert "6 tasks, 0 created, 0 updated" in again.getvalue()
+    assert "7 tasks, 0 created, 0 updated" in again.getvalue()
     assert PeriodicTask.objects.get(name="reconcile all accounts").enabled is False
 
 

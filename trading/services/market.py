@@ -156,7 +156,7 @@ class UpsertResult:
 
 # Kraken's own data wins: a CoinGecko bar never replaces an existing bar, and neither does a replayed one
 # (replay is for demos and tests; it must not relabel or alter real history).
-INSERT_ONLY_SOURCES = frozenset({Candle.Source.COINGECKO, Candle.Source.REPLAY})
+INSERT_ONLY_SOURCES = frozenset({Candle.Source.COINGECKO, Candle.Source.REPLAY, Candle.Source.SYNTHETIC})
 # pg_advisory_xact_lock namespace for candle series: 'CNDL' as a 32-bit integer.
 CANDLE_LOCK_NAMESPACE = int.from_bytes(b"CNDL", "big", signed=True)
 
@@ -294,11 +294,18 @@ class FileImportResult:
 
 
 def candles_import_kraken_file(
-    *, actor, path, instrument: Instrument, timeframe: int, on_bytes=None, batch_size: int = 5000
+    *,
+    actor,
+    path,
+    instrument: Instrument,
+    timeframe: int,
+    on_bytes=None,
+    batch_size: int = 5000,
+    source: str = Candle.Source.KRAKEN_CSV,
 ) -> FileImportResult:
     """Import one of Kraken's OHLCVT files (``time,open,high,low,close,volume,trades``) in batches; bad
     lines are counted by reason and never stored; idempotent. ``on_bytes(n)`` reports progress. One audit
-    event for the run."""
+    event for the run. ``source``: ``synthetic`` for generated history (insert-only, labelled as such)."""
     with open(path, encoding="utf-8") as handle:
         check_interval(Path(path).name, handle, minutes=timeframe)
     report = CsvReport()
@@ -317,9 +324,7 @@ def candles_import_kraken_file(
             for row in batch:
                 duplicates += row.open_time in seen
                 seen.add(row.open_time)
-            result = candles_upsert(
-                instrument=instrument, timeframe=timeframe, rows=batch, source=Candle.Source.KRAKEN_CSV
-            )
+            result = candles_upsert(instrument=instrument, timeframe=timeframe, rows=batch, source=source)
             inserted += result.inserted
             updated += result.updated
     with transaction.atomic():
@@ -328,6 +333,7 @@ def candles_import_kraken_file(
             action="history.imported",
             details={
                 "file": Path(path).name,
+                "source": str(source),
                 "symbol": instrument.symbol,
                 "timeframe": timeframe,
                 "rows": report.rows,
