@@ -9,7 +9,7 @@ separately; the batch prediction of each segment is part of training here (it ru
 Data: Kraken's hourly BTC/USD file (``XBTUSD_60.csv``), the last ``--days`` before 2023-01-01, with the
 model (``--no-model``: the rule strategy). Runs without a database. Usage:
 ``uv run python bench/backtest.py [--days N] [--repeat N] [--no-model]``. The last line is the figures as
-name=value pairs. The machine is shared: the load average is printed with them.
+name=value pairs. The machine is shared: the load average before and after is printed with them.
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ def main() -> None:
         equity=Decimal(100_000),
         training=None if args.no_model else BacktestConfig.__dataclass_fields__["training"].default_factory(),
     )
+    load_before = os.getloadavg()[0]
     rates, results = [], []
     for _ in range(args.repeat):
         result = run_backtest({"BTC/USD": PairSeries(rules, frame)}, config)
@@ -83,7 +84,7 @@ def main() -> None:
     print(
         f"bar_steps_per_s={statistics.median(rates):.0f} best_bar_steps_per_s={max(rates):.0f} "
         f"prepare_s={last['prepare_seconds']:.2f} training_s={last['training_seconds']:.1f} "
-        f"load1={load[0]:.2f}"
+        f"load1_before={load_before:.2f} load1={load[0]:.2f}"
     )
 
 

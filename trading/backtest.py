@@ -21,7 +21,8 @@ through :func:`trading.ledger.apply_fill`. After an entry fills its exits are pl
    morning; without it one trip would end the backtest's trading);
 2. the hedge target (``hedging.policy``): :func:`~hedging.policy.target_pct` from the realised volatility of
    BTC/USD (the market's, ``volatility_inputs``: last ``vol_window`` bars against the median over
-   ``vol_lookback``) and the account's drawdown from its high-water mark; then
+   ``vol_lookback``) and the account's drawdown from its high-water mark (:class:`_HedgeTarget`: the same
+   ``Decimal``, estimated in floats and left to ``target_pct`` near a rounding step); then
    :func:`~hedging.policy.rebalance_plan`, whose sells go through the same check and matching;
 3. each pair in turn: :func:`~trading.cycle_core.decide`, then its intents are filled;
 4. equity is marked at the closes (:func:`risk.engine.marked_equity`, the NAV snapshot), fed to
@@ -58,6 +59,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from functools import partial
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -78,10 +81,18 @@ from risk.engine.killswitch import SwitchState, on_day_change, on_equity, rearm
 from risk.engine.nav import DayEquity, Mark, marked_equity, observe_equity
 from risk.engine.policy import HUNDRED, RiskPolicy
 from trading.brokers.base import OrderKind, OrderRequest, PairRules, Side
-from trading.cycle_core import BarView, CycleDecision, Intent, Purpose, decide, plan_for_entry
+from trading.cycle_core import (
+    BarView,
+    CycleDecision,
+    DeferredSnapshot,
+    Intent,
+    Purpose,
+    decide,
+    plan_for_entry,
+)
 from trading.fees import FeeRates, published_rates
 from trading.ledger import Book, FillFacts, apply_fill
-from trading.matching import Execution, Quote, SlippageModel, log_return_volatility, match_on_submit, plain
+from trading.matching import Execution, Quote, SlippageModel, match_on_submit, plain
 from trading.matching import check_order as kraken_rules
 from trading.strategy import (
     ChampionStrategy,
@@ -321,6 +332,9 @@ class _Pair:
     regimes: list[str | None]
     probability: np.ndarray  # per row (NaN: no model score)
     model_note: list[str]  # per row: which model scored it, or why none did
+    markets: dict[int, MarketView] = field(default_factory=dict)  # row → the strategy's view (after training)
+    quote_stats: dict[int, tuple[Decimal | None, Decimal | None]] = field(default_factory=dict)
+    log_returns: dict[tuple[int, int], Decimal | None] = field(default_factory=dict)
 
 
 def _atr(high: np.ndarray, low: np.ndarray, close: np.ndarray) -> np.ndarray:
@@ -479,8 +493,14 @@ class _Account:
         self.hedge_sells = 0
         self.rules = {symbol: pair.rules for symbol, pair in pairs.items()}
         self.groups = (frozenset(pairs),)
+        self._holdings: dict[str, tuple[Book, Any, Holding]] = {}
 
     # -- marks --
+
+    @property
+    def holds(self) -> bool:
+        """Whether any position is open."""
+        return any(book.quantity for book in self.books.values())
 
     def equity(self, prices: Mapping[str, Decimal]) -> Decimal:
         marks = [
@@ -516,15 +536,22 @@ class _Account:
     # -- fills --
 
     def quote(self, pair: _Pair, row: int, at: datetime) -> Quote:
-        """The simulator's quote after the bar at ``row`` closed (``DatabaseQuoteSource``)."""
-        rows = [r for r in range(row - QUOTE_STATS_BARS + 1, row + 1) if r in pair.closes]
-        closes = [pair.closes[r] for r in rows]
-        notionals = [pair.volumes[r] * pair.closes[r] for r in rows if pair.volumes[r] > 0]
+        """The simulator's quote after the bar at ``row`` closed (``DatabaseQuoteSource``). Its volatility
+        and bar notional are those of the row's last closed bars: computed once per row."""
+        stats = pair.quote_stats.get(row)
+        if stats is None:
+            closes, volumes, returns = pair.closes, pair.volumes, pair.log_returns
+            rows = [r for r in range(row - QUOTE_STATS_BARS + 1, row + 1) if r in closes]
+            notionals = [volumes[r] * closes[r] for r in rows if volumes[r] > 0]
+            stats = pair.quote_stats[row] = (
+                _log_return_volatility(closes, rows, returns),
+                sum(notionals, ZERO) / len(notionals) if notionals else None,
+            )
         return Quote.from_last(
             pair.closes[row],
             at,
-            volatility=log_return_volatility(closes),
-            bar_notional=sum(notionals, ZERO) / len(notionals) if notionals else None,
+            volatility=stats[0],
+            bar_notional=stats[1],
             fresh_until=at + 2 * self.config.bar,
         )
 
@@ -621,11 +648,40 @@ class _Account:
         )
 
     def holding(self, symbol: str) -> Holding:
-        book = self.books[symbol]
+        """The pair's position as the cycle sees it; the same (immutable) value while neither the book nor
+        the plan changes."""
+        book, plan = self.books[symbol], self.plans[symbol]
+        cached = self._holdings.get(symbol)
+        if cached is not None and cached[0] is book and cached[1] is plan:
+            return cached[2]
         if not book.quantity:
-            return Holding(exit_plan=self.plans[symbol])
-        entry = book.trip_buy_notional / book.trip_bought if book.trip_bought else None
-        return Holding(book.quantity, book.average_cost, entry, self.plans[symbol])
+            holding = Holding(exit_plan=plan)
+        else:
+            entry = book.trip_buy_notional / book.trip_bought if book.trip_bought else None
+            holding = Holding(book.quantity, book.average_cost, entry, plan)
+        self._holdings[symbol] = (book, plan, holding)
+        return holding
+
+
+def _log_return_volatility(
+    closes: Mapping[int, Decimal], rows: list[int], returns: dict[tuple[int, int], Decimal | None]
+) -> Decimal | None:
+    """:func:`trading.matching.log_return_volatility` of ``closes`` at ``rows``, the same ``Decimal``
+    operations in the same order, with each consecutive pair's log return computed once per run (``returns``;
+    ``None``: a close not positive, left out as there)."""
+    values = []
+    for key in pairwise(rows):
+        value = returns.get(key, returns)
+        if value is returns:
+            a, b = closes[key[0]], closes[key[1]]
+            value = returns[key] = (b / a).ln() if a > 0 and b > 0 else None
+        if value is not None:
+            values.append(value)
+    if len(values) < 2:
+        return None
+    mean = sum(values, ZERO) / len(values)
+    variance = sum(((r - mean) ** 2 for r in values), ZERO) / (len(values) - 1)
+    return variance.sqrt()
 
 
 # --- The run ------------------------------------------------------------------------------------------------
@@ -660,11 +716,30 @@ def run_backtest(
             training += windows
             training_seconds += seconds
     strategy = strategy or default_strategy(config)
+
+    # Per-step and per-row lists, read by index in the loop (part of the preparation, timed with it).
+    prepare_started = time.perf_counter()
     hedge_target = _hedge_targets(config, btc, grid)
+    opens = grid.to_pydatetime().tolist()
+    bar = config.bar
+    nows = [opened + bar for opened in opens]
+    observed_at = [now - timedelta(microseconds=1) for now in nows]
+    ordered = list(pairs.values())
+    # decision step -> the pair's row, or its last row before (an outage), -1 before its first bar
+    step_rows = {pair.symbol: np.maximum.accumulate(pair.rows).tolist() for pair in ordered}
+    for pair in ordered:
+        # the strategy's view of each decision row: the same inputs per row whenever it is decided
+        probabilities = pair.probability.tolist()
+        features, regimes, notes = pair.features, pair.regimes, pair.model_note
+        for row in pair.views:
+            probability = probabilities[row]
+            probability = None if probability != probability else probability  # NaN: no score
+            pair.markets[row] = MarketView(features[row], regimes[row], probability, notes[row])
+    prepare_seconds += time.perf_counter() - prepare_started
 
     account = _Account(config, pairs)
-    policy, bar = config.policy, config.bar
-    ordered = list(pairs.values())
+    policy = config.policy
+    fees, slippage_pct = config.fees, config.slippage_pct
     decisions: list[CycleDecision] = []
     curve: list[tuple[datetime, Decimal]] = []
     daily: dict[date, Decimal] = {}
@@ -673,60 +748,63 @@ def run_backtest(
     rejected = 0
     high_water = config.equity
     targets: list[float] = []
-    last_rows = dict.fromkeys(pairs, -1)
     current_day: date | None = None
     total = len(grid)
     bar_steps = 0
+    floor_target = ZERO
+    single = ordered[0] if len(ordered) == 1 else None
 
     loop_started = time.perf_counter()
-    for step, opened in enumerate(grid.to_pydatetime()):
-        now = opened + bar
+    for step in range(total):
+        opened, now = opens[step], nows[step]
         day = opened.date()
         if day != current_day:
             current_day = day
             account.switch = on_day_change(account.switch, now=opened, policy=policy).state
             if account.switch.latched and config.rearm_next_day and day > account.switch.tripped_on:
                 account.switch = rearm(account.switch, now=opened).state
-        rows = {}
-        for pair in ordered:
-            row = int(pair.rows[step])
-            if row >= 0:
-                last_rows[pair.symbol] = row
-            rows[pair.symbol] = last_rows[pair.symbol]
-        prices = {symbol: pairs[symbol].closes[row] for symbol, row in rows.items() if row >= 0}
+        if single is not None:
+            row = step_rows[single.symbol][step]
+            rows = {single.symbol: row}
+            prices = {single.symbol: single.closes[row]} if row >= 0 else {}
+        else:
+            rows = {symbol: values[step] for symbol, values in step_rows.items()}
+            prices = {symbol: pairs[symbol].closes[row] for symbol, row in rows.items() if row >= 0}
         equity = account.equity(prices)
 
-        target = ZERO
+        target = floor_target
         if hedge_target is not None:
-            target = hedge_target(step, hedge_drawdown_pct(equity=equity, high_water=high_water))
+            target = hedge_target(step, equity, high_water)
             targets.append(float(target))
-            if _rebalance(account, pairs, rows, prices, equity, target, now, config):
+            if account.holds and _rebalance(account, pairs, rows, prices, equity, target, now, config):
                 equity = account.equity(prices)
 
         for pair in ordered:
-            row = rows[pair.symbol]
+            symbol = pair.symbol
+            row = rows[symbol]
             if row < 0:
                 continue
             bar_steps += 1
-            symbol = pair.symbol
-            probability = pair.probability[row]
             decision = decide(
                 policy=policy,
                 pair=pair.rules,
-                snapshot=account.snapshot(now, prices, equity),
+                snapshot=DeferredSnapshot(
+                    now=now,
+                    switch=account.switch,
+                    trading_enabled=True,
+                    fees=fees,
+                    slippage_pct=slippage_pct,
+                    build=partial(account.snapshot, now, prices, equity),
+                ),
                 bar=pair.views[row],
                 holding=account.holding(symbol),
-                market=MarketView(
-                    pair.features[row],
-                    pair.regimes[row],
-                    None if probability != probability else float(probability),
-                    pair.model_note[row],
-                ),
+                market=pair.markets[row],
                 strategy=strategy,
                 hedge_target=target,
                 max_bar_age=bar,
             )
-            runs[decision.strategy or "none"] = runs.get(decision.strategy or "none", 0) + 1
+            ran = decision.strategy or "none"
+            runs[ran] = runs.get(ran, 0) + 1
             if decision.skip is not None:
                 skips[decision.skip] = skips.get(decision.skip, 0) + 1
             if decision.rejected is not None:
@@ -738,7 +816,7 @@ def run_backtest(
                 if decision.intents:
                     equity = account.equity(prices)
 
-        observed = observe_equity(account.day_equity, equity=equity, at=now - timedelta(microseconds=1))
+        observed = observe_equity(account.day_equity, equity=equity, at=observed_at[step])
         account.day_equity = observed
         transition = on_equity(account.switch, day=observed, policy=policy)
         if transition.actions:
@@ -752,7 +830,8 @@ def run_backtest(
                     if held and rows[pair.symbol] >= 0:
                         _flatten(account, pair, rows[pair.symbol], now, held, transition.state.reason)
                 equity = account.equity(prices)
-        high_water = max(high_water, equity)
+        if equity > high_water:
+            high_water = equity
         curve.append((now, equity))
         daily[day] = equity
         if on_progress is not None and (step % 500 == 499 or step == total - 1):
@@ -760,7 +839,9 @@ def run_backtest(
     loop_seconds = time.perf_counter() - loop_started
 
     first_prices = {p.symbol: p.close_f[int(p.rows[p.rows >= 0][0])] for p in ordered}
-    last_prices = {symbol: pairs[symbol].closes[row] for symbol, row in last_rows.items() if row >= 0}
+    last_prices = {
+        symbol: pairs[symbol].closes[values[-1]] for symbol, values in step_rows.items() if values[-1] >= 0
+    }
     taker = float(config.fees.taker_pct) / 100.0
     benchmark = float(
         np.mean([float(last_prices[s]) / first_prices[s] * (1 - taker) ** 2 - 1.0 for s in first_prices])
@@ -815,11 +896,101 @@ def _flatten(account: _Account, pair: _Pair, row: int, now: datetime, held: Deci
 # --- Hedge --------------------------------------------------------------------------------------------------
 
 
-def _hedge_targets(
-    config: BacktestConfig, btc, grid: pd.DatetimeIndex
-) -> Callable[[int, Decimal], Decimal] | None:
-    """``target(step, drawdown_pct)`` as a fraction, from ``hedging.policy.target_pct`` with BTC/USD's
-    realised volatility at each step (vectorised once) and the account's drawdown."""
+#: How close (in units of 0.01 %) the float estimate of a hedge target may come to a rounding step, or a score
+#: to a clip, before the exact ``hedging.policy.target_pct`` decides: far above the float error (~1e-9).
+_NEAR = 1e-6
+
+
+class _HedgeTarget:
+    """``target(step, equity, high_water)``: :func:`hedging.policy.target_pct` as a fraction, with BTC/USD's
+    realised volatility at each step and the account's drawdown from ``high_water``
+    (:func:`hedging.policy.drawdown_pct`) — the same ``Decimal`` as ``target_pct`` returns, at a float's cost.
+
+    ``target_pct`` is ``clip(w_v x s_v + w_d x s_d)`` mapped onto ``[floor, ceiling]`` and floored to 0.01 %,
+    a continuous function of its inputs but for that flooring. The volatility score ``s_v`` is a per-step
+    array (vectorised once); per step the drawdown score and the target are estimated in floats, whose error
+    (~1e-12 of a percent) is far below ``_NEAR``: an estimate at least ``_NEAR`` from every rounding step
+    and clip gives the exact result (the ``Decimal`` of ``target_pct``, exponent included); one closer is
+    computed by ``target_pct`` itself. ``tests/trading/test_backtest.py`` checks the two agree."""
+
+    def __init__(self, params: HedgeParams, vol_now: np.ndarray, vol_reference: np.ndarray) -> None:
+        self.params = params
+        self.vol_now, self.vol_reference = vol_now.tolist(), vol_reference.tolist()
+        self.floor = params.floor_pct / HUNDRED
+        self.ceiling = params.ceiling_pct / HUNDRED
+        self._floor_pct, self._span = float(params.floor_pct), float(params.ceiling_pct - params.floor_pct)
+        self._floor_steps, self._ceiling_steps = (
+            float(params.floor_pct) * 100,
+            float(params.ceiling_pct) * 100,
+        )
+        self._w_v, self._w_d = float(params.vol_weight), float(params.drawdown_weight)
+        self._d_start, self._d_full = float(params.drawdown_start_pct), float(params.drawdown_full_pct)
+        calm, turmoil = float(params.vol_calm_ratio), float(params.vol_turmoil_ratio)
+        known = np.isfinite(vol_now) & np.isfinite(vol_reference) & (vol_reference > 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(known, vol_now / np.where(known, vol_reference, 1.0), np.nan)
+        # s_v: NaN where no volatility history (the target is the floor), -1 where too close to a clip.
+        score = np.clip((ratio - calm) / (turmoil - calm), 0.0, 1.0)
+        near = (np.abs(ratio - calm) <= _NEAR * max(calm, 1e-12)) | (
+            np.abs(ratio - turmoil) <= _NEAR * turmoil
+        )
+        self.vol_score = np.where(known, np.where(near, -1.0, score), np.nan).tolist()
+        self._steps: dict[int, Decimal] = {}
+        self._clipped: dict[tuple[float, float], Decimal] = {}
+
+    def exact(self, step: int, equity: Decimal, high_water: Decimal) -> Decimal:
+        """``hedging.policy.target_pct`` itself, as a fraction."""
+        vol, ref = self.vol_now[step], self.vol_reference[step]
+        if not (math.isfinite(vol) and math.isfinite(ref) and ref > 0):
+            return self.floor  # no volatility history yet: the automatic target's floor
+        drawdown = hedge_drawdown_pct(equity=equity, high_water=high_water)
+        return target_pct(self.params, HedgeInputs(vol, ref, drawdown)) / HUNDRED
+
+    def __call__(self, step: int, equity: Decimal, high_water: Decimal) -> Decimal:
+        s_v = self.vol_score[step]
+        if s_v != s_v:  # NaN
+            return self.floor
+        if s_v < 0:
+            return self.exact(step, equity, high_water)
+        if equity >= high_water:
+            s_d = 0.0
+        else:
+            high = float(high_water)
+            drawdown = (high - float(equity)) / high * 100.0
+            start, full = self._d_start, self._d_full
+            if abs(drawdown - start) <= _NEAR or abs(drawdown - full) <= _NEAR:
+                return self.exact(step, equity, high_water)
+            s_d = 0.0 if drawdown < start else 1.0 if drawdown > full else (drawdown - start) / (full - start)
+        if s_v == 0.0 and s_d == 0.0:
+            return self.floor  # both scores clipped to 0: target_pct's floor (its own Decimal)
+        if (s_v == 0.0 or s_v == 1.0) and (s_d == 0.0 or s_d == 1.0):
+            # Both scores clipped (exactly 0 or 1 in target_pct too): the target depends on nothing else.
+            value = self._clipped.get((s_v, s_d))
+            if value is None:
+                value = self._clipped[(s_v, s_d)] = self.exact(step, equity, high_water)
+            return value
+        score = self._w_v * s_v + self._w_d * s_d
+        if abs(score - 1.0) <= _NEAR:
+            return self.exact(step, equity, high_water)
+        if score > 1.0:
+            return self.ceiling
+        steps = (self._floor_pct + self._span * score) * 100.0
+        whole = math.floor(steps)
+        if steps - whole <= _NEAR or whole + 1 - steps <= _NEAR:
+            return self.exact(step, equity, high_water)
+        if whole <= self._floor_steps:
+            return self.floor
+        if whole >= self._ceiling_steps:
+            return self.ceiling
+        value = self._steps.get(whole)
+        if value is None:
+            value = self._steps[whole] = Decimal(whole).scaleb(-2) / HUNDRED
+        return value
+
+
+def _hedge_targets(config: BacktestConfig, btc, grid: pd.DatetimeIndex) -> _HedgeTarget | None:
+    """The hedge target per step (:class:`_HedgeTarget`) from BTC/USD's realised volatility: the last
+    ``vol_window`` bars' standard deviation of log returns against its median over ``vol_lookback``."""
     params = config.hedge
     if params is None:
         return None
@@ -830,24 +1001,7 @@ def _hedge_targets(
     at = btc.index.get_indexer(grid)
     now_values = np.where(at >= 0, vol_now.to_numpy()[np.clip(at, 0, None)], np.nan)
     ref_values = np.where(at >= 0, reference.to_numpy()[np.clip(at, 0, None)], np.nan)
-    cache: dict[tuple, Decimal] = {}
-    floor = params.floor_pct / HUNDRED
-
-    calm = float(params.vol_calm_ratio) * (1 - 1e-9)
-
-    def target(step: int, drawdown: Decimal) -> Decimal:
-        vol, ref = float(now_values[step]), float(ref_values[step])
-        if not (math.isfinite(vol) and math.isfinite(ref) and ref > 0):
-            return floor  # no volatility history yet: the automatic target's floor
-        # Both scores are 0 at or below their start (the clip in target_pct): one answer for all such inputs.
-        quiet = vol / ref <= calm and drawdown <= params.drawdown_start_pct
-        key = ("quiet",) if quiet else (vol, ref, drawdown)
-        value = cache.get(key)
-        if value is None:
-            value = cache[key] = target_pct(params, HedgeInputs(vol, ref, drawdown)) / HUNDRED
-        return value
-
-    return target
+    return _HedgeTarget(params, now_values.astype(float), ref_values.astype(float))
 
 
 def _rebalance(

@@ -29,6 +29,11 @@ strategy's inputs and the hedge target, and returns an immutable :class:`CycleDe
    * **check**: :func:`risk.engine.check_order` with the strategy's expected edge; a reject is recorded
      with its reasons and no intent, a resize sends the resized quantity.
 
+``snapshot`` may be a :class:`DeferredSnapshot`: the few fields every cycle reads (the clock, the switch,
+whether trading is enabled, fees and slippage) and a builder of the whole :class:`~risk.engine.Snapshot`,
+called once, only when the cycle sizes or checks an order (the backtest: most bars check nothing). The
+decision is the same as with the built snapshot.
+
 Intents are market orders priced by the snapshot's quote of the pair; the shell submits them through
 ``risk.pretrade.order_submit_checked`` (live: the check runs again on the database snapshot) or the matching
 core (backtest). After an entry fills the shell plans its exits from the fill price
@@ -37,6 +42,7 @@ core (backtest). After an entry fills the shell plans its exits from the fill pr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -45,7 +51,7 @@ from enum import StrEnum
 from hedging.policy import strategy_budget
 from risk.engine.checks import Decision, OrderIntent, Snapshot, Verdict, check_order
 from risk.engine.exits import ExitPlan, ExitReason, ExitSignal, evaluate_bar, plan_exits
-from risk.engine.killswitch import Status
+from risk.engine.killswitch import Status, SwitchState
 from risk.engine.policy import HUNDRED, RiskPolicy
 from risk.engine.reasons import RiskInputError, is_number
 from risk.engine.sizing import Size, size_entry
@@ -133,6 +139,43 @@ class CycleDecision:
         return next((i for i in self.intents if i.side == Side.SELL), None)
 
 
+class DeferredSnapshot:
+    """A :class:`~risk.engine.Snapshot` built only when an order is sized or checked. ``now``, ``switch``,
+    ``trading_enabled``, ``fees`` and ``slippage_pct`` are what every cycle reads; ``build()`` returns the
+    whole snapshot (the same values in those fields: checked, a mismatch raises), called at most once."""
+
+    __slots__ = ("_build", "_built", "fees", "now", "slippage_pct", "switch", "trading_enabled")
+
+    def __init__(
+        self,
+        *,
+        now: datetime,
+        switch: SwitchState,
+        trading_enabled: bool,
+        fees: FeeRates,
+        slippage_pct: Decimal,
+        build: Callable[[], Snapshot],
+    ) -> None:
+        self.now, self.switch, self.trading_enabled = now, switch, trading_enabled
+        self.fees, self.slippage_pct = fees, slippage_pct
+        self._build, self._built = build, None
+
+    def full(self) -> Snapshot:
+        built = self._built
+        if built is None:
+            built = self._build()
+            if (built.now, built.switch, built.trading_enabled, built.fees, built.slippage_pct) != (
+                self.now, self.switch, self.trading_enabled, self.fees, self.slippage_pct,
+            ):  # fmt: skip
+                raise ValueError("the deferred snapshot's builder disagrees with its own fields")
+            self._built = built
+        return built
+
+
+def _full(snapshot: Snapshot | DeferredSnapshot) -> Snapshot:
+    return snapshot.full() if type(snapshot) is DeferredSnapshot else snapshot
+
+
 def plan_for_entry(
     *,
     policy: RiskPolicy,
@@ -168,14 +211,7 @@ def hedge_buying_power(*, snapshot: Snapshot, hedge_target: Decimal) -> Decimal:
     return max(ZERO, min(available, budget))
 
 
-_ENTRY_GATES = (
-    (lambda s: s.switch.halted, Skip.HALTED),
-    (lambda s: s.switch.status == Status.TRIPPED, Skip.KILL_SWITCH_LATCHED),
-    (lambda s: not s.trading_enabled, Skip.TRADING_DISABLED),
-)
-
-
-def _gate_reason(code: Skip, snapshot: Snapshot) -> str:
+def _gate_reason(code: Skip, snapshot: Snapshot | DeferredSnapshot) -> str:
     if code == Skip.HALTED:
         return f"halted by a director ({snapshot.switch.halt_reason}): no new entries"
     if code == Skip.KILL_SWITCH_LATCHED:
@@ -186,7 +222,7 @@ def _gate_reason(code: Skip, snapshot: Snapshot) -> str:
 def _sell(
     *,
     policy: RiskPolicy,
-    snapshot: Snapshot,
+    snapshot: Snapshot | DeferredSnapshot,
     symbol: str,
     quantity: Decimal,
     purpose: Purpose,
@@ -194,7 +230,9 @@ def _sell(
     trigger: Decimal | None = None,
 ) -> tuple[Intent | None, str]:
     check = check_order(
-        policy=policy, snapshot=snapshot, intent=OrderIntent(symbol=symbol, side=Side.SELL, quantity=quantity)
+        policy=policy,
+        snapshot=_full(snapshot),
+        intent=OrderIntent(symbol=symbol, side=Side.SELL, quantity=quantity),
     )
     if check.verdict == Verdict.REJECT:
         return None, f"{purpose} not sent: {check.message}"
@@ -213,7 +251,7 @@ def decide(
     *,
     policy: RiskPolicy,
     pair: PairRules,
-    snapshot: Snapshot,
+    snapshot: Snapshot | DeferredSnapshot,
     bar: BarView,
     holding: Holding,
     market: MarketView,
@@ -298,21 +336,31 @@ def decide(
         plan, plan_changed = None, True
         notes.append("the position is flat: its exit plan is cleared")
 
-    # --- entries ----------------------------------------------------------------------------------------
-    for blocked, code in _ENTRY_GATES:
-        if blocked(snapshot):
-            reason = _gate_reason(code, snapshot)
-            notes.append(reason)
-            return CycleDecision(
-                symbol, bar.open_time, signal.strategy, signal, skip=code, skip_reason=reason, exit_plan=plan,
-                plan_changed=plan_changed, notes=tuple(notes),
-            )  # fmt: skip
+    # --- entries (gates: a director's halt, then a latched kill switch, then trading disabled) ------------
+    switch = snapshot.switch
+    code = (
+        Skip.HALTED
+        if switch.halted
+        else Skip.KILL_SWITCH_LATCHED
+        if switch.status == Status.TRIPPED
+        else Skip.TRADING_DISABLED
+        if not snapshot.trading_enabled
+        else None
+    )
+    if code is not None:
+        reason = _gate_reason(code, snapshot)
+        notes.append(reason)
+        return CycleDecision(
+            symbol, bar.open_time, signal.strategy, signal, skip=code, skip_reason=reason, exit_plan=plan,
+            plan_changed=plan_changed, notes=tuple(notes),
+        )  # fmt: skip
     if signal.action != Action.ENTER:
         return CycleDecision(
             symbol, bar.open_time, signal.strategy, signal, exit_plan=plan, plan_changed=plan_changed,
             notes=tuple(notes),
         )  # fmt: skip
 
+    snapshot = _full(snapshot)
     quote = snapshot.prices.get(symbol)
     price = quote.price if quote is not None and is_number(quote.price) and quote.price > 0 else bar.close
     buying_power = hedge_buying_power(snapshot=snapshot, hedge_target=hedge_target)

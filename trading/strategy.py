@@ -195,35 +195,52 @@ class RuleStrategy:
     name: str = "rule_trend"
 
     def signal(self, *, market: MarketView, holding: Holding, policy: RiskPolicy) -> Signal:
+        return Signal(*self.answer(market, holding, policy, ""))
+
+    def answer(
+        self, market: MarketView, holding: Holding, policy: RiskPolicy, prefix: str
+    ) -> tuple[Action, str, str, Decimal | None]:
+        """The signal's fields, ``prefix`` before the reason (what :class:`DefaultStrategy` says first)."""
         row = market.features
         trend, long_trend = float(row[TREND_48]), float(row[TREND_168])
         rsi, atr = float(row[RSI_14]), float(row[ATR_14])
         regime = market.regime
         if not (math.isfinite(trend) and math.isfinite(long_trend) and math.isfinite(rsi)):
-            return Signal(Action.HOLD, self.name, "trend features incomplete (warm-up or gap): no decision")
-        if holding.is_open:
-            if trend < 0:
-                return Signal(Action.EXIT, self.name, f"48-bar trend turned down ({trend * 100:.3f} %/bar)")
-            if regime == BEARISH:
-                return Signal(Action.EXIT, self.name, "regime turned bearish")
-            return Signal(Action.HOLD, self.name, f"holding: 48-bar trend {trend * 100:.3f} %/bar")
-        if regime is None or regime == BEARISH:
-            return Signal(Action.HOLD, self.name, f"regime {regime or 'unknown'}: no new long")
-        if trend <= 0 or long_trend <= 0:
-            return Signal(
+            return (
                 Action.HOLD,
                 self.name,
-                f"no uptrend (48-bar {trend * 100:.3f} %/bar, 168-bar {long_trend * 100:.3f} %/bar)",
+                f"{prefix}trend features incomplete (warm-up or gap): no decision",
+                None,
+            )
+        if holding.is_open:
+            if trend < 0:
+                return (
+                    Action.EXIT,
+                    self.name,
+                    f"{prefix}48-bar trend turned down ({trend * 100:.3f} %/bar)",
+                    None,
+                )
+            if regime == BEARISH:
+                return Action.EXIT, self.name, f"{prefix}regime turned bearish", None
+            return Action.HOLD, self.name, f"{prefix}holding: 48-bar trend {trend * 100:.3f} %/bar", None
+        if regime is None or regime == BEARISH:
+            return Action.HOLD, self.name, f"{prefix}regime {regime or 'unknown'}: no new long", None
+        if trend <= 0 or long_trend <= 0:
+            return (
+                Action.HOLD,
+                self.name,
+                f"{prefix}no uptrend (48-bar {trend * 100:.3f} %/bar, 168-bar {long_trend * 100:.3f} %/bar)",
+                None,
             )
         if rsi >= self.overbought_rsi:
-            return Signal(Action.HOLD, self.name, f"uptrend but RSI {rsi:.2f} is overbought")
+            return Action.HOLD, self.name, f"{prefix}uptrend but RSI {rsi:.2f} is overbought", None
         projected = trend * self.horizon * 100.0
         take = _pct_distance(policy.take_profit, atr) if math.isfinite(atr) and atr > 0 else projected
         edge = min(projected, take)
-        return Signal(
+        return (
             Action.ENTER,
             self.name,
-            f"uptrend in a {regime} regime (48-bar {trend * 100:.3f} %/bar, 168-bar "
+            f"{prefix}uptrend in a {regime} regime (48-bar {trend * 100:.3f} %/bar, 168-bar "
             f"{long_trend * 100:.3f} %/bar, RSI {rsi:.2f}); projected {projected:.2f} % over "
             f"{self.horizon} bars, edge {edge:.2f} %",
             _edge(edge),
@@ -242,8 +259,11 @@ class DefaultStrategy:
         p = market.probability
         if p is not None and math.isfinite(p):
             return self.champion.signal(market=market, holding=holding, policy=policy)
-        signal = self.fallback.signal(market=market, holding=holding, policy=policy)
         why = market.model_note or "no champion model"
+        fallback = self.fallback
+        if type(fallback) is RuleStrategy:  # one Signal, its reason said once
+            return Signal(*fallback.answer(market, holding, policy, f"{why}: rule-based; "))
+        signal = fallback.signal(market=market, holding=holding, policy=policy)
         return Signal(
             signal.action, signal.strategy, f"{why}: rule-based; {signal.reason}", signal.expected_edge_pct
         )

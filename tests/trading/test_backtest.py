@@ -1,6 +1,7 @@
 """The backtest over Kraken's hourly BTC/USD and ETH/USD files (shared data): the report, its invariants,
 walk-forward training, and that it fills with the simulator's matching core."""
 
+import hashlib
 import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -12,17 +13,19 @@ import numpy as np
 import pytest
 from django.core.management import call_command
 
+from hedging.policy import HedgeParams
 from risk.engine import RiskPolicy
 from trading.backtest import (
     BacktestConfig,
     PairSeries,
     _Account,
+    _HedgeTarget,
     kraken_file_name,
     read_kraken_file,
     run_backtest,
 )
 from trading.brokers.base import OrderKind, OrderRequest, PairRules
-from trading.matching import fee_for, match_on_submit
+from trading.matching import fee_for, log_return_volatility, match_on_submit
 
 D = Decimal
 ROOT = Path(__file__).resolve().parents[2]
@@ -220,3 +223,134 @@ def test_command_human_report_and_policy_file(tmp_path):
     assert "Backtest ETH/USD 60m" in text
     assert "daily limit of 2.00%" in text
     assert "rule_trend" in text
+
+
+# --- The loop's speed-ups change no decision -------------------------------------------------------------
+
+#: Recorded with the backtest as it was before its loop was made faster (the straightforward per-bar
+#: snapshot, hedge target through ``hedging.policy.target_pct``, quote statistics recomputed per fill): the
+#: run below must reproduce every fill, every marked equity, every kill-switch trip, every hedge target and
+#: every decision's notes exactly. (fills, final equity, trips, hedge sells, rejected entries, sha256)
+GOLDEN = {
+    False: (
+        45,
+        "90468.4268689960",
+        4,
+        3,
+        61,
+        "0a8ff02f511d85158bed651e632fe3126ba9a02867e3ca42f8cc757ac50df9fc",
+    ),
+    True: (
+        45,
+        "88852.6354704375",
+        4,
+        3,
+        62,
+        "b4d84cab3b3c0420ac1f2ff42dff8e48f672ccabf35e9013ab4a3cbe72350f77",
+    ),
+}
+
+
+def digest(result) -> str:
+    lines = [
+        repr(
+            (
+                f.at.isoformat(),
+                f.symbol,
+                str(f.side),
+                f.purpose,
+                str(f.quantity),
+                str(f.price),
+                str(f.fee),
+                f.reason,
+            )
+        )
+        for f in result.fills
+    ]
+    lines += [f"{at.isoformat()} {equity}" for at, equity in result.equity_curve]
+    lines += [repr((trip.at.isoformat(), trip.reason, trip.actions)) for trip in result.trips]
+    lines += [repr((d.symbol, d.bar_open_time.isoformat(), d.notes)) for d in result.decisions]
+    lines += [repr(result.hedge_targets)]
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+@pytest.mark.parametrize("flatten", [False, True])
+def test_outputs_are_those_recorded_before_the_speed_ups(flatten):
+    """Rule strategy, BTC/USD and ETH/USD, May-June 2022 (the crash): kill-switch trips (with and without
+    flatten), hedge rebalancing sells (a high floor, a narrow band), rejected entries."""
+    start, end = datetime(2022, 5, 1, tzinfo=UTC), datetime(2022, 7, 1, tzinfo=UTC)
+    policy = replace(
+        RiskPolicy(),
+        max_daily_drawdown_pct=D(2),
+        flatten_on_breach=flatten,
+        risk_per_trade_pct=D("0.9"),
+        volatility_target_pct=None,
+        max_position_pct=D(35),
+        max_group_exposure_pct=D(70),
+        min_edge_pct=D(0),
+    )
+    hedge = replace(
+        HedgeParams(),
+        floor_pct=D(20),
+        band_pct=D(1),
+        vol_calm_ratio=D("0.5"),
+        drawdown_start_pct=D("0.5"),
+        min_interval=timedelta(0),
+    )
+    config = BacktestConfig(
+        start=start, end=end, equity=D(100_000), training=None, hedge=hedge, policy=policy
+    )
+    data = {}
+    for symbol in ("BTC/USD", "ETH/USD"):
+        frame = read_kraken_file(DATA / kraken_file_name(symbol, 60), until=end)
+        data[symbol] = PairSeries(rules(symbol), frame[frame.index >= start - timedelta(days=120)])
+    result = run_backtest(data, config, keep_decisions=True)
+    observed = (
+        len(result.fills),
+        str(result.final_equity),
+        len(result.trips),
+        result.hedge_sells,
+        result.rejected_entries,
+        digest(result),
+    )
+    assert observed == GOLDEN[flatten]
+
+
+def test_fast_hedge_target_is_target_pct():
+    """The loop's hedge target equals ``hedging.policy.target_pct`` (as a fraction, the same Decimal) on
+    random inputs and at the clips and rounding steps."""
+    params = HedgeParams()
+    rng = np.random.default_rng(7)
+    vol_ref = rng.uniform(0.002, 0.02, 4000)
+    ratios = np.r_[
+        rng.uniform(0.0, 4.0, 3000),
+        [1.2, 3.0, 1.2 * (1 + 1e-13), 3.0 * (1 - 1e-13), 0.0, 1.5, 2.1, 2.4],
+        rng.choice([1.2, 3.0, 1.5, 2.25], 992) * (1 + rng.uniform(-1e-9, 1e-9, 992)),
+    ]
+    vol_now = ratios * vol_ref
+    vol_now[:10] = np.nan  # no volatility history
+    target = _HedgeTarget(params, vol_now, vol_ref)
+    high = D("100000.00")
+    drawdowns = [D(0), D(2), D("2.0000000001"), D(15), D("14.9999999999"), D("8.5"), D("1.9999"), D(40)]
+    for step in range(len(vol_now)):
+        drawdown = drawdowns[step % len(drawdowns)] if step % 3 else D(str(round(rng.uniform(0, 20), 6)))
+        equity = high * (1 - drawdown / 100)
+        fast = target(step, equity, high)
+        exact = target.exact(step, equity, high)
+        assert str(fast) == str(exact), (step, vol_now[step], vol_ref[step], drawdown)
+
+
+def test_quote_volatility_is_the_matching_cores():
+    """The quote's volatility, with each log return computed once per run, is
+    ``trading.matching.log_return_volatility`` of the same closes."""
+    config = BacktestConfig(start=START, end=END, equity=D(100_000), training=None)
+    from trading.backtest import _prepare
+
+    _, pairs, _ = _prepare(series(days=60), config, None)
+    account = _Account(config, pairs)
+    at = START
+    for pair in pairs.values():
+        rows = sorted(pair.views)
+        for row in rows[::7] + rows[:30]:
+            closes = [pair.closes[r] for r in range(row - 23, row + 1) if r in pair.closes]
+            assert account.quote(pair, row, at).volatility == log_return_volatility(closes)

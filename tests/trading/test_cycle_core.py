@@ -5,6 +5,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import numpy as np
+import pytest
 
 from learning.features import FEATURES
 from risk.engine import (
@@ -19,7 +20,7 @@ from risk.engine import (
     size_entry,
 )
 from trading.brokers.base import PairRules, Side
-from trading.cycle_core import BarView, Purpose, Skip, decide
+from trading.cycle_core import BarView, DeferredSnapshot, Purpose, Skip, decide
 from trading.fees import published_rates
 from trading.strategy import FLAT, Action, DefaultStrategy, Holding, MarketView, Signal
 
@@ -246,3 +247,53 @@ def test_default_strategy_in_the_cycle_records_the_fallback():
     decision = run(strategy=DefaultStrategy(), market=market)
     assert decision.strategy == "rule_trend"
     assert decision.notes[0].startswith("rule_trend: hold: no champion model for BTC/USD 60m: rule-based")
+
+
+def deferred(snap, built):
+    def build():
+        built.append(snap)
+        return snap
+
+    return DeferredSnapshot(
+        now=snap.now,
+        switch=snap.switch,
+        trading_enabled=snap.trading_enabled,
+        fees=snap.fees,
+        slippage_pct=snap.slippage_pct,
+        build=build,
+    )
+
+
+def test_deferred_snapshot_is_built_only_to_size_or_check_an_order_and_decides_the_same():
+    held = Holding(D("0.5"), D(20_080), D(20_000), planned())
+    low = BarView("BTC/USD", OPENED, CLOSED, high=D(20_000), low=D(19_000), close=D(19_100), atr=D(200))
+    halted = SwitchState(halted=True, halt_reason="desk")
+    cases = [
+        ({}, False),  # an entry: sized and checked
+        ({"strategy": Fixed(Action.HOLD)}, False),  # nothing to check
+        ({"snap": snapshot(switch=halted)}, False),  # halted: the gate reads the switch only
+        ({"snap": snapshot(held=D("0.5")), "holding": held, "bar": low}, True),  # a stop-loss sell
+        ({"snap": snapshot(held=D("0.5")), "holding": held, "strategy": Fixed(Action.HOLD)}, False),
+    ]
+    for kwargs, sells in cases:
+        eager = run(**kwargs)
+        built = []
+        snap = kwargs.get("snap") or snapshot()
+        lazy = run(**{**kwargs, "snap": deferred(snap, built)})
+        assert lazy == eager
+        assert len(built) == (1 if eager.intents or eager.size is not None else 0)
+        assert (eager.exit is not None) == sells
+
+
+def test_deferred_snapshot_refuses_a_builder_that_disagrees():
+    snap = snapshot()
+    lying = DeferredSnapshot(
+        now=snap.now + HOUR,
+        switch=snap.switch,
+        trading_enabled=True,
+        fees=FEES,
+        slippage_pct=snap.slippage_pct,
+        build=lambda: snap,
+    )
+    with pytest.raises(ValueError, match="disagrees"):
+        run(snap=lying)

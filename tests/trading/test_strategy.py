@@ -122,3 +122,22 @@ def test_default_strategy_says_which_strategy_ran_and_why():
         market=MarketView(UPTREND, "bullish", 0.7, "champion v3"), holding=FLAT, policy=POLICY
     )
     assert with_model.strategy == "champion"
+
+
+def test_default_fallback_says_the_rule_strategys_own_signal():
+    """DefaultStrategy formats the rule strategy's reason once, behind its own prefix: the same signal as
+    wrapping the rule strategy's answer, in every branch."""
+    rule, default = RuleStrategy(), DefaultStrategy()
+    rows = [UPTREND, DOWNTREND, row(trend_48=float("nan")), row(trend_48=0.001, trend_168=0.001, rsi_14=0.9)]
+    for features in rows:
+        for regime in ("bullish", "bearish", None):
+            for holding in (FLAT, HELD):
+                market = MarketView(features, regime, None, "no champion model for BTC/USD 60m")
+                alone = rule.signal(market=market, holding=holding, policy=POLICY)
+                combined = default.signal(market=market, holding=holding, policy=POLICY)
+                assert combined.reason == f"no champion model for BTC/USD 60m: rule-based; {alone.reason}"
+                assert (combined.action, combined.strategy, combined.expected_edge_pct) == (
+                    alone.action,
+                    alone.strategy,
+                    alone.expected_edge_pct,
+                )
