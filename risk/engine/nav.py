@@ -89,7 +89,7 @@ def observe_equity(previous: DayEquity | None, *, equity: Decimal, at: datetime)
         return DayEquity(day=day, high_water=equity, equity=equity, at=at)
     if at < previous.at:
         raise RiskInputError(f"equity at {at} is older than the last one at {previous.at}")
-    return replace(previous, high_water=max(previous.high_water, equity), equity=equity, at=at)
+    return DayEquity(previous.day, max(previous.high_water, equity), equity, at)  # per bar: no replace()
 
 
 def external_flow(previous: DayEquity, *, amount: Decimal) -> DayEquity:
