@@ -42,7 +42,8 @@ from decimal import Decimal
 import pandas as pd
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Sum
+from django.db.models import Count, Max, Min, Sum
+from django.utils import timezone
 from prometheus_client import Counter
 
 from accounts.models import Account
@@ -104,20 +105,40 @@ def _equity(*, account: Account, broker: str, quotes, now: datetime) -> Decimal 
         return None
 
 
+#: Correlated groups by the candles they were computed from: the same for every account on a bar.
+_GROUPS_CACHE: dict[tuple, tuple[frozenset, ...]] = {}
+_GROUPS_CACHE_SIZE = 64
+
+
 def _groups(*, symbols: set[str], window: int, threshold: float, now: datetime) -> tuple[frozenset, ...]:
-    """Correlated groups of ``symbols`` from their closed candles over the last ``window`` bars."""
+    """Correlated groups of ``symbols`` from their closed candles over the last ``window`` bars. Computed
+    once per process for the same candles: the key holds the window's first and last bar, its number of
+    bars and the newest write among them, so a new or corrected bar computes them again."""
     timeframe = settings.AETHER_TIMEFRAME
     since = now - timedelta(minutes=timeframe) * (window + 2)
-    rows = Candle.objects.filter(
+    candles = Candle.objects.filter(
         instrument__symbol__in=symbols, timeframe=timeframe, closed=True, open_time__gte=since
-    ).values_list("instrument__symbol", "open_time", "close")
+    )
+    shape = candles.aggregate(
+        first=Min("open_time"), last=Max("open_time"), bars=Count("id"), written=Max("updated_at")
+    )
+    key = (tuple(sorted(symbols)), timeframe, window, threshold, *shape.values())
+    cached = _GROUPS_CACHE.get(key)
+    if cached is not None:
+        return cached
     closes: dict[str, dict[datetime, float]] = {symbol: {} for symbol in sorted(symbols)}
-    for symbol, open_time, close in rows:
+    for symbol, open_time, close in candles.values_list("instrument__symbol", "open_time", "close"):
         closes[symbol][open_time] = float(close)
     frame = pd.DataFrame(closes).sort_index()
-    if len(frame.columns) < 2:
-        return ()
-    return engine.correlated_groups(frame, window=window, threshold=threshold).groups
+    groups = (
+        ()
+        if len(frame.columns) < 2
+        else engine.correlated_groups(frame, window=window, threshold=threshold).groups
+    )
+    if len(_GROUPS_CACHE) >= _GROUPS_CACHE_SIZE:
+        _GROUPS_CACHE.pop(next(iter(_GROUPS_CACHE)))
+    _GROUPS_CACHE[key] = groups
+    return groups
 
 
 def risk_snapshot(*, account: Account, instrument: Instrument, now=None, quotes=None) -> engine.Snapshot:
@@ -174,10 +195,14 @@ def risk_snapshot(*, account: Account, instrument: Instrument, now=None, quotes=
         threshold=policy.correlation_threshold,
         now=now,
     )
+    # Order times are wall-clock; the rate limit counts them by their wall-clock age, set on the check's
+    # clock (the same in live trading; in a replay the platform clock runs ahead of, or behind, the wall).
+    wall = timezone.now()
     recent = tuple(
-        Order.objects.filter(account=account, created_at__gte=now - timedelta(hours=1)).values_list(
-            "created_at", flat=True
-        )
+        now - (wall - created)
+        for created in Order.objects.filter(
+            account=account, created_at__gte=wall - timedelta(hours=1)
+        ).values_list("created_at", flat=True)
     )
     return engine.Snapshot(
         now=now,

@@ -259,3 +259,52 @@ def test_trading_disabled_blocks_entries(book):
     Account.objects.filter(pk=account.pk).update(trading_enabled=False)
     entry = checked(book, qty="0.1")
     assert entry.decision.codes == (engine.Code.TRADING_DISABLED,)
+
+
+def test_groups_are_computed_once_per_set_of_candles_and_again_for_a_new_bar(book, settings, monkeypatch):
+    from risk import pretrade
+
+    account, btc, quotes = book
+    now = timezone.now().replace(minute=0, second=0, microsecond=0)
+    eth = Instrument.objects.get(symbol="ETH/USD")
+
+    def bar(instrument, hours_ago, close):
+        Candle.objects.create(
+            instrument=instrument,
+            timeframe=settings.AETHER_TIMEFRAME,
+            open_time=now - timedelta(hours=hours_ago),
+            open=D(close),
+            high=D(close),
+            low=D(close),
+            close=D(close),
+            volume=D("1"),
+            source="replay",
+        )
+
+    for hours in range(10, 0, -1):
+        bar(btc, hours, str(50000 + hours))
+        bar(eth, hours, str(3000 + hours))
+    calls = []
+    real = pretrade.engine.correlated_groups
+    monkeypatch.setattr(
+        pretrade.engine, "correlated_groups", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    first = risk_snapshot(account=account, instrument=btc, quotes=quotes, now=now).groups
+    assert risk_snapshot(account=account, instrument=btc, quotes=quotes, now=now).groups == first
+    assert len(calls) == 1
+    bar(btc, 0, "50100")  # a new closed bar: computed again
+    risk_snapshot(account=account, instrument=btc, quotes=quotes, now=now)
+    assert len(calls) == 2
+
+
+def test_the_order_rate_counts_wall_clock_ages_on_the_replays_clock(book):
+    """In a replay the platform clock is days behind the wall clock: orders placed a minute ago (wall
+    time) are a minute old on the replay's clock too, and orders from earlier real hours are not recent."""
+    account, btc, quotes = book
+    checked(book)
+    replay_now = timezone.now() - timedelta(days=14)
+    snap = risk_snapshot(account=account, instrument=btc, quotes=quotes, now=replay_now)
+    (placed,) = snap.recent_orders
+    assert timedelta(0) <= replay_now - placed < timedelta(minutes=1)
+    Order.objects.filter(account=account).update(created_at=timezone.now() - timedelta(hours=2))
+    assert risk_snapshot(account=account, instrument=btc, quotes=quotes, now=replay_now).recent_orders == ()
