@@ -271,3 +271,87 @@ def test_the_web_metrics_show_what_workers_did_per_account(funded, firm, bars, c
     assert 'aether_orders_unknown{account="alice"} 0.0' in text
     assert 'aether_kill_switch_state{account="alice",status="armed"} 1.0' in text
     assert 'aether_hedge_target_ratio_pct{account="alice"}' in text
+
+
+class AlwaysHold:
+    """A strategy that never trades (the test double of the Strategy interface)."""
+
+    name = "test_hold"
+
+    def signal(self, *, market, holding, policy):
+        return Signal(Action.HOLD, self.name, "test: hold")
+
+
+@pytest.fixture
+def hedge_calls(monkeypatch):
+    """The accounts whose hedge was evaluated, in order (the real evaluation runs)."""
+    from hedging import services as hedging_services
+
+    calls = []
+    evaluate = hedging_services.hedge_evaluate
+
+    def spy(**kwargs):
+        calls.append(kwargs["account"].pk)
+        return evaluate(**kwargs)
+
+    monkeypatch.setattr(hedging_services, "hedge_evaluate", spy)
+    return calls
+
+
+def hedge_record(cycle) -> dict:
+    return next(item for item in cycle.decisions if item["kind"] == "hedge")
+
+
+def test_the_hedge_is_evaluated_once_per_account_and_bar_when_no_cycle_trades(
+    funded, firm, bars, monkeypatch, hedge_calls
+):
+    monkeypatch.setattr(cycle_service, "_strategy_for", lambda account: AlwaysHold())
+    first = run(funded, bars)
+    assert hedge_calls == [funded.pk]
+    assert "evaluated_by" not in hedge_record(first)
+    second = run(funded, bars, instrument=bars["eth"])
+    assert hedge_calls == [funded.pk]  # not again: nothing the hedge reads changed since the first cycle
+    assert hedge_record(second)["evaluated_by"] == first.pk
+    assert f"cycle #{first.pk}" in hedge_record(second)["summary"]
+    assert second.status == CycleStatus.DONE
+    # Another account's first cycle on the same bar evaluates its own hedge.
+    run(firm.bob_account, bars, instrument=bars["eth"])
+    assert hedge_calls == [funded.pk, firm.bob_account.pk]
+
+
+def test_a_cycle_that_places_an_order_evaluates_the_hedge_again(funded, bars, monkeypatch, hedge_calls):
+    monkeypatch.setattr(cycle_service, "_strategy_for", lambda account: AlwaysHold())
+    run(funded, bars)
+    monkeypatch.setattr(cycle_service, "_strategy_for", lambda account: AlwaysEnter())
+    traded = run(funded, bars, instrument=bars["eth"])
+    assert Order.objects.filter(account=funded, instrument=bars["eth"]).exists()
+    assert hedge_calls == [funded.pk, funded.pk]
+    assert "evaluated_by" not in hedge_record(traded)
+
+
+def test_the_hedge_is_evaluated_when_the_previous_cycle_of_the_bar_did_not_evaluate_it(
+    funded, bars, monkeypatch, hedge_calls
+):
+    monkeypatch.setattr(cycle_service, "_strategy_for", lambda account: AlwaysHold())
+    now = timezone.now()
+    for status, decisions in [
+        (CycleStatus.FAILED, []),  # a failed cycle may have stopped before its hedge
+        (CycleStatus.DONE, [{"kind": "hedge", "problem": "no fresh price for a holding"}]),
+    ]:
+        Cycle.objects.filter(account=funded).delete()
+        Cycle.objects.create(
+            account=funded,
+            instrument=bars["eth"],
+            timeframe=60,
+            bar_open_time=bars["bar"],
+            broker="sim",
+            status=status,
+            decisions=decisions,
+            started_at=now - timedelta(seconds=2),
+            lease_until=now - timedelta(seconds=1),
+            finished_at=now - timedelta(seconds=1),
+        )
+        hedge_calls.clear()
+        cycle = run(funded, bars)
+        assert hedge_calls == [funded.pk], status
+        assert "evaluated_by" not in hedge_record(cycle)

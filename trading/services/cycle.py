@@ -36,6 +36,7 @@ from django.utils import timezone
 from accounts.models import Account
 from governance.actors import SystemActor
 from trading.brokers.base import Side
+from trading.clock import platform_now
 from trading.models import Candle, Cycle, CycleStatus, Instrument, Order, OrderStatus, OrderType, Position
 from trading.quotes import candle_bar
 from trading.selectors import book_of, pair_rules_for
@@ -178,10 +179,14 @@ def _market_inputs(instrument: Instrument, timeframe: int, candle: Candle) -> Ma
 
 
 def _strategy_for(account: Account):
+    from learning.models import StrategyThresholds
     from learning.services import thresholds_ensure
     from trading.strategy import ChampionStrategy, ChampionThresholds, DefaultStrategy
 
-    row = thresholds_ensure(actor=CYCLE, account=account)
+    # A plain read; only an account's first cycle takes the lock to create the defaults (audited).
+    row = StrategyThresholds.objects.filter(account=account).only("entry_probability").first()
+    if row is None:
+        row = thresholds_ensure(actor=CYCLE, account=account)
     return DefaultStrategy(
         champion=ChampionStrategy(ChampionThresholds(entry_probability=float(row.entry_probability)))
     )
@@ -267,11 +272,12 @@ def cycle_run(
     from risk.exits import exits_evaluate
     from risk.pretrade import order_submit_checked, risk_snapshot
     from risk.selectors import engine_policy_for
-    from risk.services import nav_snapshot_record
+    from risk.services import NavUnavailable, nav_snapshot_record
     from trading.cycle_core import decide
 
     timeframe = settings.AETHER_TIMEFRAME if timeframe is None else timeframe
-    now = now or timezone.now()
+    given_now = now
+    now = now or platform_now()
     cycle, run = _claim(
         account=account, instrument=instrument, timeframe=timeframe, bar_open_time=bar_open_time, now=now
     )
@@ -293,9 +299,11 @@ def cycle_run(
         broker = book_of(account)
 
         # 2. Exits of the open position, by the risk service (one evaluation per bar).
+        exit_orders = False
         for outcome in exits_evaluate(
             instrument=instrument, bar=bar, account=account, quotes=quotes, broker_factory=broker_factory
         ):
+            exit_orders = exit_orders or (outcome.checked is not None and outcome.checked.order is not None)
             if outcome.signal is not None or outcome.problems:
                 order = outcome.checked.order if outcome.checked is not None else None
                 records.append(
@@ -385,18 +393,74 @@ def cycle_run(
             )
             records.append(_intent_record(intent, result, client_order_id, submitted_at))
 
-        # 5. Hedge, then the NAV snapshot (which feeds the kill switch).
-        records.extend(
-            _hedge(account=account, actor=actor, now=now, quotes=quotes, broker_factory=broker_factory)
-        )
-        nav = nav_snapshot_record(account=account, actor=actor, reason="cycle", now=now, quotes=quotes)
-        records.append({"kind": "nav", "equity": str(nav.equity), "drawdown_pct": str(nav.drawdown_pct)})
+        # 5. Hedge (once per account and bar, again after a cycle that traded), then the NAV snapshot
+        # (which feeds the kill switch).
+        evaluated_by = None if exit_orders or _placed(records) else _hedge_evaluated_by(cycle)
+        if evaluated_by is None:
+            records.extend(
+                _hedge(account=account, actor=actor, now=now, quotes=quotes, broker_factory=broker_factory)
+            )
+        else:
+            records.append(
+                {
+                    "kind": "hedge",
+                    "summary": f"evaluated on this bar by cycle #{evaluated_by}; this cycle placed no order",
+                    "evaluated_by": evaluated_by,
+                }
+            )
+        # The snapshot reads the clock under its own lock (unless a caller fixed it): one queued by a fill
+        # meanwhile must not make this one "older than the last".
+        try:
+            nav = nav_snapshot_record(
+                account=account, actor=actor, reason="cycle", now=given_now, quotes=quotes
+            )
+        except NavUnavailable as exc:  # e.g. a held pair without a fresh price: reported, not a failed cycle
+            records.append({"kind": "nav", "problem": str(exc)})
+        else:
+            records.append({"kind": "nav", "equity": str(nav.equity), "drawdown_pct": str(nav.drawdown_pct)})
     except Exception as exc:
         _finish(cycle, status=CycleStatus.FAILED, started=started, error=f"{type(exc).__name__}: {exc}")
         raise
     placed = any(item.get("kind") == "order" and item.get("order_id") for item in records)
     status = CycleStatus.SKIPPED if decision.skip is not None and not placed else CycleStatus.DONE
     return _finish(cycle, status=status, started=started)
+
+
+def _placed(records: list[dict]) -> bool:
+    """Did the cycle's decisions place an order (i.e. may the book have changed)?"""
+    return any(item.get("order_id") for item in records if item.get("kind") in ("order", "exit"))
+
+
+def _hedge_evaluated_by(cycle: Cycle) -> int | None:
+    """The cycle of the same account and bar (on another traded pair) that leaves the hedge evaluated since
+    the book last changed, or None when this cycle must evaluate it.
+
+    The hedge is evaluated once per account and bar, and again by every cycle that placed an order: a cycle
+    that placed none changed nothing the hedge reads (the book; the bar's closed candles are the same), so
+    it relies on the account's previous finished cycle of the bar when that one evaluated the hedge or
+    itself relied on an earlier one. Cycles of one account never overlap, so "previous" is by finishing
+    time. What else moves the book between two cycles of one bar (a director's order, a resting order
+    filled) is seen by the next bar's first cycle, as it was between bars before."""
+    previous = (
+        Cycle.objects.filter(
+            account_id=cycle.account_id,
+            instrument__symbol__in=settings.AETHER_PAIRS,  # the unique key's index, pair by pair
+            timeframe=cycle.timeframe,
+            bar_open_time=cycle.bar_open_time,
+            status__in=(CycleStatus.DONE, CycleStatus.SKIPPED),
+        )
+        .exclude(pk=cycle.pk)
+        .order_by("-finished_at", "-pk")
+        .values_list("pk", "decisions")
+        .first()
+    )
+    if previous is None:
+        return None
+    pk, decisions = previous
+    hedge = next((item for item in decisions or () if item.get("kind") == "hedge"), None)
+    if hedge is None or "summary" not in hedge or hedge.get("problem"):
+        return None
+    return hedge.get("evaluated_by") or pk
 
 
 def _hedge(*, account: Account, actor, now: datetime, quotes, broker_factory) -> list[dict]:
