@@ -18,7 +18,7 @@ from itertools import pairwise
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
-from django.db.models import Max, Sum
+from django.db.models import Count, Max, Sum
 from prometheus_client import Counter, Gauge
 
 from accounts.models import Account
@@ -219,16 +219,46 @@ def _closes(instrument: Instrument, *, bars: int, now: datetime) -> list[Decimal
     return list(rows)
 
 
+#: Volatility inputs by the candles they were measured on: the same for every account on a bar.
+_VOLATILITY_CACHE: dict[tuple, tuple[float, float] | None] = {}
+_VOLATILITY_CACHE_SIZE = 256
+
+
+def _volatility_of(
+    instrument: Instrument, params: core.HedgeParams, now: datetime
+) -> tuple[float, float] | None:
+    """``(vol_now, vol_reference)`` of one pair, or ``None`` without enough closed candles. Measured once per
+    process for the same candles (the key holds the window's newest bar, its bars and its newest write)."""
+    bars = params.vol_lookback + params.vol_window + 1
+    timeframe = timedelta(minutes=settings.AETHER_TIMEFRAME)
+    window = Candle.objects.filter(
+        instrument=instrument,
+        timeframe=settings.AETHER_TIMEFRAME,
+        closed=True,
+        open_time__lte=now - timeframe,
+        open_time__gte=now - timeframe * (bars + 1),
+    )
+    shape = window.aggregate(last=Max("open_time"), bars=Count("id"), written=Max("updated_at"))
+    key = (instrument.pk, params.vol_window, params.vol_lookback, *shape.values())
+    if key in _VOLATILITY_CACHE:
+        return _VOLATILITY_CACHE[key]
+    closes = _closes(instrument, bars=bars, now=now)
+    measured = None
+    if len(closes) >= params.vol_window + 1 and all(close > 0 for close in closes):
+        measured = core.volatility_inputs(closes, window=params.vol_window, lookback=params.vol_lookback)
+    if len(_VOLATILITY_CACHE) >= _VOLATILITY_CACHE_SIZE:
+        _VOLATILITY_CACHE.pop(next(iter(_VOLATILITY_CACHE)))
+    _VOLATILITY_CACHE[key] = measured
+    return measured
+
+
 def _volatilities(
     params: core.HedgeParams, symbols: set[str], now: datetime
 ) -> dict[str, tuple[float, float]]:
     """``(vol_now, vol_reference)`` per symbol that has enough closed candles."""
     found = {}
     for instrument in Instrument.objects.filter(symbol__in=symbols).order_by("symbol"):
-        closes = _closes(instrument, bars=params.vol_lookback + params.vol_window + 1, now=now)
-        if len(closes) < params.vol_window + 1 or any(close <= 0 for close in closes):
-            continue
-        measured = core.volatility_inputs(closes, window=params.vol_window, lookback=params.vol_lookback)
+        measured = _volatility_of(instrument, params, now)
         if measured is not None:
             found[instrument.symbol] = measured
     return found
