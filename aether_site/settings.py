@@ -344,6 +344,11 @@ CYCLE_LEASE_SECONDS = env.int("CYCLE_LEASE_SECONDS", int(3 * KRAKEN_SUBMIT_WORST
 CYCLE_BUSY_RETRY_SECONDS = env.int("CYCLE_BUSY_RETRY_SECONDS", 2, minimum=1)
 # How often beat looks for closed bars without a cycle (the feed also starts cycles as each bar closes).
 CYCLE_SWEEP_EVERY_SECONDS = env.int("CYCLE_SWEEP_EVERY_SECONDS", 60, minimum=5)
+if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    # A task taken by a worker that died is delivered again after this long (late acknowledgement): a
+    # strategy cycle (acks_late) then resumes. Longer than the longest cycle (its lease), so a slow cycle
+    # is not delivered twice while it runs (a second delivery would only wait for the lease anyway).
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CYCLE_LEASE_SECONDS + 60}
 # How often beat evaluates every account's hedge besides the cycles (a book moved by a director's order).
 HEDGE_EVALUATE_EVERY_SECONDS = env.int("HEDGE_EVALUATE_EVERY_SECONDS", 900, minimum=60)
 

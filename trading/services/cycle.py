@@ -64,7 +64,8 @@ class CycleError(RuntimeError):
 def _claim(
     *, account: Account, instrument: Instrument, timeframe: int, bar_open_time: datetime, now: datetime
 ) -> tuple[Cycle, bool]:
-    """(cycle, run it?) under the account's row lock; see the module docstring."""
+    """(cycle, run it?) under the account's row lock; see the module docstring. Leases are wall-clock time
+    (``now``), whatever the platform clock: a dead worker's lease lapses even while a replay is paused."""
     lease = timedelta(seconds=settings.CYCLE_LEASE_SECONDS)
     with transaction.atomic():
         locked = Account.objects.select_for_update(no_key=True).get(pk=account.pk)
@@ -279,7 +280,11 @@ def cycle_run(
     given_now = now
     now = now or platform_now()
     cycle, run = _claim(
-        account=account, instrument=instrument, timeframe=timeframe, bar_open_time=bar_open_time, now=now
+        account=account,
+        instrument=instrument,
+        timeframe=timeframe,
+        bar_open_time=bar_open_time,
+        now=timezone.now(),
     )
     if not run:
         return cycle
