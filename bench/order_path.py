@@ -8,7 +8,7 @@
 Each sample is one ``order_submit`` call, from the call to its return with everything committed. Runs on
 PostgreSQL when DATABASE_URL names one (a throwaway database ``<name>_bench`` beside it, created and
 dropped here), else on a fresh SQLite file under var/. Usage:
-    uv run python bench/order_path.py [--orders 1000]
+    uv run python bench/order_path.py [--orders 1000] [--profile sim|kraken]
 The last line is the figures as name=value pairs.
 """
 
@@ -39,7 +39,18 @@ def percentile(samples: list[float], pct: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--orders", type=int, default=1000)
+    parser.add_argument(
+        "--profile",
+        choices=("sim", "kraken"),
+        help="run that path under cProfile and print where its time goes (the latencies then include "
+        "the profiler's overhead)",
+    )
     args = parser.parse_args()
+    profiler = None
+    if args.profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
 
     from tests.fakes.kraken_rest import RECORDED_PATH, FakeKraken
 
@@ -77,9 +88,9 @@ def main() -> None:
 
     from accounts.models import Account
     from governance.actors import SystemActor
-    from trading.brokers.kraken import KrakenBroker, KrakenKeys
+    from trading.brokers.kraken import KrakenKeys
     from trading.models import FeedStatus, Instrument, Order, OrderStatus
-    from trading.services.orders import order_submit, sim_balance_set
+    from trading.services.orders import kraken_broker, order_submit, sim_balance_set
     from trading.services.reconcile import reconcile_account
 
     try:
@@ -103,6 +114,8 @@ def main() -> None:
             if index % 100 == 0:  # keep the price fresh for the simulator
                 FeedStatus.objects.filter(instrument=btc).update(last_message_at=timezone.now())
             side = "buy" if index % 2 == 0 else "sell"
+            if args.profile == "sim":
+                profiler.enable()
             started = time.perf_counter()
             order = order_submit(
                 account=sim_account,
@@ -113,6 +126,8 @@ def main() -> None:
                 quantity=quantity,
             )
             sim_ms.append((time.perf_counter() - started) * 1000)
+            if args.profile == "sim":
+                profiler.disable()
             if order.status != OrderStatus.FILLED:
                 sys.exit(
                     f"bench/order_path.py: simulated order {index} is {order.status}: {order.status_reason}"
@@ -127,12 +142,15 @@ def main() -> None:
         keys = KrakenKeys(api_key=credentials.api_key, secret=credentials.secret)
 
         def kraken(account, name):
-            return KrakenBroker(account, keys=keys)
+            # What default_broker builds, with the keys at hand instead of the credential store's.
+            return kraken_broker(account, keys=keys)
 
         reconcile_account(account=live, actor=actor, broker_factory=kraken)  # balances before trading
         kraken_ms = []
         for index in range(args.orders):
             side = "buy" if index % 2 == 0 else "sell"
+            if args.profile == "kraken":
+                profiler.enable()
             started = time.perf_counter()
             order = order_submit(
                 account=live,
@@ -144,6 +162,8 @@ def main() -> None:
                 broker_factory=kraken,
             )
             kraken_ms.append((time.perf_counter() - started) * 1000)
+            if args.profile == "kraken":
+                profiler.disable()
             if order.status not in (OrderStatus.FILLED, OrderStatus.OPEN):
                 sys.exit(
                     f"bench/order_path.py: Kraken order {index} is {order.status}: {order.status_reason}"
@@ -162,6 +182,14 @@ def main() -> None:
     if on_exchange != ours:
         sys.exit(f"bench/order_path.py: {ours} orders in the book but {on_exchange} on the fake Kraken")
 
+    if profiler is not None:
+        import pstats
+
+        stats = pstats.Stats(profiler).strip_dirs()
+        print(f"--- cProfile of the {args.profile} path, by own time ---")
+        stats.sort_stats("tottime").print_stats(40)
+        print(f"--- cProfile of the {args.profile} path, by cumulative time ---")
+        stats.sort_stats("cumulative").print_stats(60)
     figures = {
         "sim_p50_ms": statistics.median(sim_ms),
         "sim_p99_ms": percentile(sim_ms, 99),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from django.db import models, transaction
@@ -22,17 +23,82 @@ def _lock_chain_head() -> None:
     advisory_xact_lock(AUDIT_CHAIN_LOCK_KEY)
 
 
-def _share_referenced_rows(connection, account, user) -> None:
+@dataclass(frozen=True)
+class _Known:
+    """What this transaction already holds for the chain: the chain lock and the head it last appended
+    (``head``, or ``None`` before its first event), and the rows locked at least FOR KEY SHARE.
+
+    Valid only while ``marker`` is still among the connection's commit hooks: Django drops a transaction's
+    hooks when it commits or rolls back, and those registered inside a savepoint when that savepoint rolls
+    back (and with it the event written or the row locked there). Every change registers a fresh marker
+    at the current savepoint level, so nothing learnt inside a savepoint that rolled back is reused."""
+
+    head: tuple[int, str] | None
+    shared: frozenset[tuple[str, int]]
+    marker: Any
+
+
+def _known(connection) -> _Known | None:
+    known = getattr(connection, "_aether_audit_known", None)
+    if known is None:
+        return None
+    if any(hook[1] is known.marker for hook in reversed(connection.run_on_commit)):  # usually the last
+        return known
+    connection._aether_audit_known = None
+    return None
+
+
+def _remember(connection, head: tuple[int, str] | None, shared: frozenset[tuple[str, int]]) -> None:
+    def marker() -> None:  # a no-op commit hook: while it is registered, what it stands for holds
+        return None
+
+    connection.on_commit(marker)
+    connection._aether_audit_known = _Known(head=head, shared=shared, marker=marker)
+
+
+def _row_key(row) -> tuple[str, int]:
+    return (row._meta.db_table, row.pk)
+
+
+def audit_rows_locked(*rows: models.Model) -> None:
+    """Tell the audit writer that the caller's transaction holds ``rows`` locked FOR NO KEY UPDATE or
+    stronger (e.g. the account row an order service locks first): an event referencing them need not
+    share-lock them again before the chain lock (see ``_share_referenced_rows``). Must run inside that
+    transaction, after the rows were locked; it is forgotten when the transaction (or the savepoint it
+    was called in) ends or rolls back."""
+    connection = transaction.get_connection()
+    if not connection.in_atomic_block:
+        raise RuntimeError("audit_rows_locked() must run inside the transaction that locked the rows")
+    if connection.vendor != "postgresql":
+        return  # SQLite has no row locks: nothing to skip
+    known = _known(connection)
+    shared = known.shared if known is not None else frozenset()
+    _remember(
+        connection,
+        known.head if known is not None else None,
+        shared | {_row_key(row) for row in rows if row.pk is not None},
+    )
+
+
+def _share_referenced_rows(connection, account, user, already: frozenset = frozenset()) -> frozenset:
     """Take now the row locks the event's foreign keys will take at insert (PostgreSQL's FOR KEY SHARE on
     the account and the user), so they come before the chain lock. Otherwise a writer holding the chain
-    could wait for an account another writer holds FOR UPDATE while that writer waits for the chain."""
+    could wait for an account another writer holds FOR UPDATE while that writer waits for the chain.
+    Rows in ``already`` are held by this transaction (an earlier event, or ``audit_rows_locked``): not
+    asked again. Returns the rows held now."""
     if connection.vendor != "postgresql":
-        return  # SQLite has no row locks: one writer at a time
-    with connection.cursor() as cursor:
-        for row in (account, user):
-            if row is not None and row.pk is not None:
-                table = connection.ops.quote_name(row._meta.db_table)
+        return already  # SQLite has no row locks: one writer at a time
+    shared = set(already)
+    for row in (account, user):
+        if row is not None and row.pk is not None:
+            key = _row_key(row)
+            if key in shared:
+                continue
+            table = connection.ops.quote_name(row._meta.db_table)
+            with connection.cursor() as cursor:
                 cursor.execute(f"SELECT 1 FROM {table} WHERE id = %s FOR KEY SHARE", [row.pk])  # noqa: S608
+            shared.add(key)
+    return frozenset(shared)
 
 
 def audit_record(
@@ -49,7 +115,9 @@ def audit_record(
     with the change it describes). ``actor`` is a user or a :class:`governance.actors.SystemActor`.
 
     The chain lock is held until the transaction ends, so record the event after taking any row locks
-    the transaction needs (lock order: rows first, the audit chain last)."""
+    the transaction needs (lock order: rows first, the audit chain last). A second event in the same
+    transaction appends to the head the first one left (the lock is still held, so nobody else can have
+    appended) instead of locking and reading the head again."""
     connection = transaction.get_connection()
     if not connection.in_atomic_block:
         raise RuntimeError("audit_record() must run inside the caller's transaction.atomic() block")
@@ -61,10 +129,16 @@ def audit_record(
     label = actor_label(actor)
 
     user = actor_user(actor)
-    _share_referenced_rows(connection, account, user)
-    _lock_chain_head()
-    head = AuditEvent.objects.order_by("-seq").values_list("seq", "hash").first()
-    seq, prev_hash = (head[0] + 1, head[1]) if head else (1, GENESIS_HASH)
+    known = _known(connection)
+    shared = _share_referenced_rows(
+        connection, account, user, known.shared if known is not None else frozenset()
+    )
+    if known is not None and known.head is not None:
+        seq, prev_hash = known.head[0] + 1, known.head[1]
+    else:
+        _lock_chain_head()
+        head = AuditEvent.objects.order_by("-seq").values_list("seq", "hash").first()
+        seq, prev_hash = (head[0] + 1, head[1]) if head else (1, GENESIS_HASH)
 
     record = ChainRecord(
         seq=seq,
@@ -92,4 +166,5 @@ def audit_record(
         hash=compute_hash(record),
     )
     event.save(force_insert=True)
+    _remember(connection, (event.seq, event.hash), shared)
     return event

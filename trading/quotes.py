@@ -86,6 +86,7 @@ class DatabaseQuoteSource:
             )
         status = (
             FeedStatus.objects.filter(instrument=instrument)
+            .order_by()  # one row per instrument: no join for the model's ordering
             .only("last_price", "last_message_at", "stale")
             .first()
         )

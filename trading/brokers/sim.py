@@ -28,6 +28,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from django.conf import settings
+from django.db.models import Subquery
 from django.utils import timezone
 
 from trading.brokers.base import (
@@ -85,6 +86,7 @@ class SimBroker:
         slippage: SlippageModel | None = None,
         clock: Callable[[], datetime] = timezone.now,
         fees: Callable[..., FeeRates] | None = None,
+        instruments: Callable[[str], Instrument | None] | None = None,
     ) -> None:
         self.account = account
         self.quotes = DatabaseQuoteSource() if quotes is None else quotes
@@ -92,6 +94,8 @@ class SimBroker:
         self.clock = clock
         # The account's fee tier (``fee_rates_for`` unless the caller already read it for this order).
         self.fees = fee_rates_for if fees is None else fees
+        # The instrument of a symbol when the caller already holds it (``None``: read from the universe).
+        self.instruments = instruments
 
     # --- Orders ------------------------------------------------------------------------------------------
 
@@ -100,7 +104,9 @@ class SimBroker:
             return OrderReport(client_order_id=request.client_order_id, status=Status.REJECTED, reason=reason)
 
         symbol = request.pair.symbol
-        instrument = Instrument.objects.filter(symbol=symbol).first()
+        instrument = self.instruments(symbol) if self.instruments is not None else None
+        if instrument is None:
+            instrument = Instrument.objects.filter(symbol=symbol).first()
         quote = None if instrument is None else self.quotes.quote(instrument)
         reference = None if quote is None else quote.touch(request.side)
         problems = check_order(request, reference_price=reference)
@@ -255,7 +261,7 @@ class SimBroker:
     # --- Helpers -----------------------------------------------------------------------------------------
 
     def _book(self, model):
-        return model.objects.filter(account=self.account, broker=SIM)
+        return model.objects.filter(account_id=self.account.pk, broker=SIM)
 
     def _order(self, client_order_id: str) -> Order | None:
         return self._book(Order).filter(client_order_id=client_order_id).select_related("instrument").first()
@@ -276,15 +282,20 @@ class SimBroker:
                 fee = fee_for(price * request.quantity, fees.maker_pct if resting_limit else fees.taker_pct)
             need = price * request.quantity + fee
             what = f"buying {plain(request.quantity)} {pair.base_asset} costs {plain(need)} USD with fees"
-        balance = self._book(Balance).filter(asset=asset).only("total", "reserved").first()
-        available = Decimal(0) if balance is None else balance.total - balance.reserved
-        own = (
-            self._book(Order)
-            .filter(client_order_id=request.client_order_id, reserved_asset=asset)
-            .values_list("reserved_amount", flat=True)
+        own = self._book(Order).filter(client_order_id=request.client_order_id, reserved_asset=asset)
+        # The balance and what this very order holds of it, in one query.
+        row = (
+            self._book(Balance)
+            .filter(asset=asset)
+            .annotate(own=Subquery(own.values("reserved_amount")[:1]))
+            .values_list("total", "reserved", "own")
             .first()
         )
-        available += own or Decimal(0)
+        if row is None:  # no balance row: only the order's own reservation could pay
+            available = own.values_list("reserved_amount", flat=True).first() or Decimal(0)
+        else:
+            total, reserved, held = row
+            available = total - reserved + (held or Decimal(0))
         if need > available:
             return f"insufficient funds: {what}, {plain(available)} {asset} available in the simulated book"
         return ""

@@ -23,7 +23,10 @@ Lock order (always): account → position → order → balances.
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,14 +35,16 @@ from decimal import Decimal
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
-from django.db.models import Sum
+from django.db.models import F, Sum, Value
+from django.db.models.functions import Greatest, Least
 from django.utils import timezone
 from prometheus_client import Counter
+from simple_history.utils import get_change_reason_from_object
 
 from accounts.models import Account
 from accounts.selectors import user_can
 from governance.actors import SystemActor, actor_label, actor_user
-from governance.services import audit_record
+from governance.services import audit_record, audit_rows_locked
 from trading import ledger
 from trading.brokers.base import (
     Broker,
@@ -106,10 +111,56 @@ def default_broker(account: Account, name: str) -> Broker:
         return SimBroker(account)
     if name == BrokerName.KRAKEN:
         from accounts.credentials import kraken_keys_for
-        from trading.brokers.kraken import KrakenBroker
 
-        return KrakenBroker(account, keys=kraken_keys_for(account))
+        return kraken_broker(account, keys=kraken_keys_for(account))
     raise ValueError(f"unknown broker {name!r}")
+
+
+def kraken_broker(account: Account, *, keys) -> Broker:
+    """The Kraken broker of ``account`` with ``keys`` (``trading.brokers.kraken.KrakenKeys``), on a ccxt
+    client this thread keeps for the account between orders: building a client costs more than an
+    order's own work, and its HTTP session keeps the connection to Kraken open. Reuse changes nothing
+    for the nonce (ccxt asks ``private_lock.next_nonce``, the account's one stream, under the account's
+    lock, for every request) or for the walls (``KrakenBroker`` is still built per order). A client is
+    kept per thread and process only, and replaced when the keys, the API address or the timeout change."""
+    return _kept_client_broker()(account, keys=keys, client_factory=_kept_client)
+
+
+_kept = threading.local()
+
+
+def _kept_client(keys, *, account_id: int, timeout_ms: int | None = None):
+    from trading.brokers.kraken import private_client
+
+    if getattr(_kept, "pid", None) != os.getpid():  # a forked worker never uses its parent's sockets
+        _kept.pid, _kept.clients = os.getpid(), {}
+    identity = (
+        keys,
+        settings.KRAKEN_API_URL,
+        settings.KRAKEN_PRIVATE_TIMEOUT_MS if timeout_ms is None else timeout_ms,
+    )
+    kept = _kept.clients.get(account_id)
+    if kept is not None:
+        if kept[0] == identity:
+            return kept[1]
+        kept[1].close()
+    client = private_client(keys, account_id=account_id, timeout_ms=timeout_ms)
+    _kept.clients[account_id] = (identity, client)
+    return client
+
+
+@functools.cache
+def _kept_client_broker():
+    from trading.brokers.kraken import KrakenBroker
+
+    class KeptClientKrakenBroker(KrakenBroker):
+        """A ``KrakenBroker`` whose ccxt client outlives it (see ``kraken_broker``): closing the broker
+        leaves the client, and its open connection, to the next order of this thread."""
+
+        def close(self) -> None:
+            return None
+
+    return KeptClientKrakenBroker
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -164,6 +215,49 @@ def _lock_balance(account: Account, broker: str, asset: str) -> Balance:
     return balance
 
 
+def _save_order(order: Order, history: list | None, **save_options) -> None:
+    """Save ``order`` and record its history row — the very row ``simple_history``'s ``post_save`` signal
+    would write (same fields, date, user and change reason), built here instead of through the signal.
+    With ``history`` (a list) the row is kept there for :func:`_write_history`, so the rows of one
+    transaction go in one INSERT; with ``None`` it is written now."""
+    history_type = "+" if order._state.adding else "~"
+    order.skip_history_when_saving = True  # simple_history's own switch for its signal
+    try:
+        order.save(**save_options)
+    finally:
+        del order.skip_history_when_saving
+    if not getattr(settings, "SIMPLE_HISTORY_ENABLED", True):
+        return
+    model = _historical_order()
+    row = model(
+        history_date=getattr(order, "_history_date", timezone.now()),
+        history_type=history_type,
+        history_user=model.get_default_history_user(order),
+        history_change_reason=get_change_reason_from_object(order),
+        **{field.attname: getattr(order, field.attname) for field in model.tracked_fields},
+    )
+    if history is None:
+        row.save()
+    else:
+        history.append(row)
+
+
+def _write_history(rows: list) -> None:
+    if rows:
+        _historical_order().objects.bulk_create(rows)
+
+
+_HISTORICAL_ORDER = None
+
+
+def _historical_order():
+    """``Order.history.model`` (looked up once: the descriptor builds a manager on every access)."""
+    global _HISTORICAL_ORDER
+    if _HISTORICAL_ORDER is None:
+        _HISTORICAL_ORDER = Order.history.model
+    return _HISTORICAL_ORDER
+
+
 def _rejected(order: Order, reason: str) -> None:
     order.status = OrderStatus.REJECTED
     order.status_reason = reason
@@ -190,7 +284,7 @@ def order_submit(
     Calling it again with the same ``client_order_id`` returns that order and sends nothing."""
     from trading.quotes import DatabaseQuoteSource
 
-    this_order = _ThisOrder(quotes or DatabaseQuoteSource())
+    this_order = _ThisOrder(quotes or DatabaseQuoteSource(), instrument)
     if broker_factory is None:
         broker_factory = _with_quotes(this_order)
     order, created = order_record(
@@ -209,17 +303,23 @@ def order_submit(
     )
     if not created or order.status != OrderStatus.NEW:
         return order
-    return order_send(order_id=order.pk, actor=actor, broker_factory=broker_factory)
+    if order.broker == BrokerName.SIM:  # the simulator failed to set up inside the intent: not here
+        return order_send(order_id=order.pk, actor=actor, broker_factory=broker_factory)
+    return _send_live(order.pk, actor, broker_factory)
 
 
 class _ThisOrder:
     """One look at the market and at the fee tier per order: the reservation and the simulator see the
-    same quote and the same rates."""
+    same quote and the same rates (and the order's instrument, which the simulator need not read again)."""
 
-    def __init__(self, source) -> None:
+    def __init__(self, source, instrument: Instrument | None = None) -> None:
         self.source = source
         self.quotes: dict[int, object] = {}
         self.rates: dict[tuple[int, int], object] = {}
+        self.instruments = {} if instrument is None else {instrument.symbol: instrument}
+
+    def instrument(self, symbol: str) -> Instrument | None:
+        return self.instruments.get(symbol)
 
     def quote(self, instrument):
         if instrument.pk not in self.quotes:
@@ -265,6 +365,7 @@ def order_record(
     quantity = Decimal(quantity)
     if not quantity.is_finite() or quantity <= 0:
         raise OrderError(f"quantity {quantity} must be a positive number")
+    generated = not client_order_id
     client_order_id = client_order_id or str(uuid.uuid4())
     if len(client_order_id) > 36:
         raise OrderError("client order id is longer than Kraken's 36 characters")
@@ -279,13 +380,26 @@ def order_record(
     }
     with transaction.atomic():
         account = Account.objects.select_for_update(no_key=True).get(pk=account.pk)
-        existing = Order.objects.filter(client_order_id=client_order_id).first()
+        audit_rows_locked(account)
+        # A client order id generated just now is new (a random UUID; the unique constraint is the wall):
+        # only one the caller chose can name an existing order.
+        existing = None if generated else Order.objects.filter(client_order_id=client_order_id).first()
         if existing is not None:
             if not _same_intent(existing, **intent):
                 raise OrderError(f"client order id {client_order_id} is already used by a different order")
             return existing, False
         _check_actor(actor, account)
         broker = book_of(account)
+        simulate = simulate_with is not None and broker == BrokerName.SIM
+        # A simulated order is matched below: its position is locked now, in the lock order (account,
+        # position, order, balances), and read once for the sell check and the fill.
+        position = (
+            Position.objects.select_for_update()
+            .filter(account=account, broker=broker, instrument=instrument)
+            .first()
+            if simulate
+            else None
+        )
         order = Order(
             account=account,
             client_order_id=client_order_id,
@@ -312,10 +426,12 @@ def order_record(
                 instrument=instrument,
                 reference=reference,
                 fees=getattr(quotes, "fee_rates", None),
+                position=position if simulate else _UNREAD,
             )
         if problems:
             _rejected(order, "; ".join(problems))
-        order.save()
+        history: list = []  # the order's history rows, written together once the transaction's work is done
+        _save_order(order, history)
         audit_record(
             actor=actor,
             action="order.rejected" if problems else "order.submit",
@@ -324,36 +440,61 @@ def order_record(
             details=_order_details(order),
         )
         failure = None
-        if simulate_with is not None and broker == BrokerName.SIM and not problems:
+        if simulate and not problems:
             try:
                 with transaction.atomic():
-                    order = _simulate(order, account, actor, simulate_with)
+                    order = _simulate(order, account, actor, simulate_with, position, history)
             except Exception as exc:  # the intent commits; the error is raised once it has
                 logger.exception("order %s: the simulator failed; left NEW", order.client_order_id)
                 failure = exc
+                del history[1:]  # rolled back with the savepoint: the intent's row alone stays
+        _write_history(history)
     ORDERS.labels(broker, "rejected" if problems else "recorded").inc()
     if failure is not None:
         raise failure
     return order, True
 
 
-def _simulate(order: Order, account: Account, actor, broker_factory: BrokerFactory) -> Order:
-    """Match an order just recorded for a simulated account and apply the result (the account is locked
-    by the caller's transaction; the position is locked next, the new order is ours alone)."""
-    position, _ = Position.objects.select_for_update().get_or_create(
-        account=account, broker=BrokerName.SIM, instrument=order.instrument
-    )
+def _simulate(
+    order: Order,
+    account: Account,
+    actor,
+    broker_factory: BrokerFactory,
+    position: Position | None,
+    history: list,
+) -> Order:
+    """Match an order just recorded for a simulated account and apply the result (the account and the
+    position, when it exists, are locked by the caller's transaction; the new order is ours alone)."""
+    if position is None:
+        position, _ = Position.objects.select_for_update().get_or_create(
+            account=account, broker=BrokerName.SIM, instrument=order.instrument
+        )
     try:
         report = broker_factory(account, BrokerName.SIM).submit(order_request(order))
     except BrokerRefused as exc:
         report = OrderReport(client_order_id=order.client_order_id, status=Status.REJECTED, reason=str(exc))
-    return _apply_locked(order, position, report, actor, submitted_at=timezone.now())
+    return _apply_locked(
+        order, position, report, actor, submitted_at=timezone.now(), fresh=True, history=history
+    )
+
+
+_UNREAD = object()  # the position was not read by the caller: ``_sellable`` reads it
 
 
 def _reserve(
-    order: Order, *, account: Account, instrument: Instrument, reference: Decimal, fees=None
+    order: Order,
+    *,
+    account: Account,
+    instrument: Instrument,
+    reference: Decimal,
+    fees=None,
+    position=_UNREAD,
 ) -> list[str]:
-    """Reserve what the order may use; a problem (not enough available) instead of a negative balance."""
+    """Reserve what the order may use; a problem (not enough available) instead of a negative balance.
+
+    One conditional UPDATE takes the reservation when the balance has it available; only when it does
+    not (or has no row yet) is the row locked and read, for the message. The check constraint
+    ``balance_never_negative`` stays the last wall."""
     from trading.selectors import fee_rates_for
 
     rates = (fees or fee_rates_for)(account=account, instrument=instrument)
@@ -368,13 +509,22 @@ def _reserve(
         cost_decimals=instrument.cost_decimals,
     )
     if order.side == Side.SELL:
-        held = _sellable(account, order.broker, instrument)
+        held = _sellable(account, order.broker, instrument, position=position)
         if need.amount > held:
             return [
                 f"a sell of {need.amount} {need.asset} exceeds the {held} {need.asset} Aether holds in this "
                 f"position and has not already offered in open sell orders; holdings Aether did not buy are "
                 f"never sold"
             ]
+    taken = Balance.objects.filter(
+        account_id=account.pk,
+        broker=order.broker,
+        asset=need.asset,
+        total__gte=F("reserved") + need.amount,
+    ).update(reserved=F("reserved") + need.amount, updated_at=timezone.now())
+    if taken:
+        order.reserved_asset, order.reserved_amount = need.asset, need.amount
+        return []
     balance = _lock_balance(account, order.broker, need.asset)
     if need.amount > balance.available:
         where = "simulated" if order.broker == BrokerName.SIM else "Kraken (as last reconciled)"
@@ -389,9 +539,10 @@ def _reserve(
     return []
 
 
-def _sellable(account: Account, broker: str, instrument: Instrument) -> Decimal:
+def _sellable(account: Account, broker: str, instrument: Instrument, *, position=_UNREAD) -> Decimal:
     """The position's quantity less what open sell orders on it already hold."""
-    position = Position.objects.filter(account=account, broker=broker, instrument=instrument).first()
+    if position is _UNREAD:
+        position = Position.objects.filter(account=account, broker=broker, instrument=instrument).first()
     held = position.quantity if position is not None else Decimal(0)
     offered = (
         Order.objects.filter(
@@ -413,6 +564,12 @@ def order_send(*, order_id: int, actor, broker_factory: BrokerFactory | None = N
     broker_name, account_id = Order.objects.values_list("broker", "account_id").get(pk=order_id)
     if broker_name == BrokerName.SIM:
         return _send_simulated(order_id, account_id, actor, broker_factory)
+    return _send_live(order_id, actor, broker_factory)
+
+
+def _send_live(order_id: int, actor, broker_factory: BrokerFactory | None) -> Order:
+    """``order_send`` for an order of the Kraken book."""
+    broker_factory = broker_factory or default_broker
     with transaction.atomic():
         order = (
             Order.objects.select_for_update(no_key=True)
@@ -423,7 +580,7 @@ def order_send(*, order_id: int, actor, broker_factory: BrokerFactory | None = N
             return order
         order.status = OrderStatus.SUBMITTED
         order.submitted_at = timezone.now()
-        order.save(update_fields=["status", "submitted_at", "updated_at"])
+        _save_order(order, None, update_fields=["status", "submitted_at", "updated_at"])
     try:
         broker = broker_factory(order.account, order.broker)
     except Exception as exc:  # no key, store unreachable…: nothing was sent
@@ -433,7 +590,7 @@ def order_send(*, order_id: int, actor, broker_factory: BrokerFactory | None = N
             status=Status.REJECTED,
             reason=f"not sent: the {order.broker} broker could not be set up ({type(exc).__name__}: {exc})",
         )
-        return order_apply_report(order_id=order.pk, report=report, actor=actor)
+        return _apply_report(order, report, actor)
     try:
         report = broker.submit(order_request(order))
     except BrokerRefused as exc:
@@ -447,7 +604,7 @@ def order_send(*, order_id: int, actor, broker_factory: BrokerFactory | None = N
         )
     finally:
         _close(broker)
-    return order_apply_report(order_id=order.pk, report=report, actor=actor)
+    return _apply_report(order, report, actor)
 
 
 def _with_quotes(quotes) -> BrokerFactory:
@@ -455,7 +612,12 @@ def _with_quotes(quotes) -> BrokerFactory:
         if name == BrokerName.SIM:
             from trading.brokers.sim import SimBroker
 
-            return SimBroker(account, quotes=quotes, fees=getattr(quotes, "fee_rates", None))
+            return SimBroker(
+                account,
+                quotes=quotes,
+                fees=getattr(quotes, "fee_rates", None),
+                instruments=getattr(quotes, "instrument", None),
+            )
         return default_broker(account, name)
 
     return factory
@@ -535,12 +697,28 @@ def order_apply_report(*, order_id: int, report: OrderReport, actor, submitted_a
         return _apply_locked(order, position, report, actor, submitted_at=submitted_at)
 
 
-def _lock_book(order_id: int, account_id: int | None = None) -> tuple[Account, Position, Order]:
-    """Lock, in the one order used everywhere, the account, the order's position and the order."""
-    broker, instrument_id = Order.objects.values_list("broker", "instrument_id").get(pk=order_id)
-    if account_id is None:
-        account_id = Order.objects.values_list("account_id", flat=True).get(pk=order_id)
+def _apply_report(order: Order, report: OrderReport, actor) -> Order:
+    """``order_apply_report`` for an order whose account, broker and pair are known (they never change)."""
+    with transaction.atomic():
+        _account, position, locked = _lock_book(
+            order.pk, order.account_id, (order.broker, order.instrument_id)
+        )
+        return _apply_locked(locked, position, report, actor)
+
+
+def _lock_book(
+    order_id: int, account_id: int | None = None, book: tuple[str, int] | None = None
+) -> tuple[Account, Position, Order]:
+    """Lock, in the one order used everywhere, the account, the order's position and the order.
+    ``account_id`` and ``book`` (broker, instrument id) are read from the order when not given."""
+    if book is None or account_id is None:
+        broker, instrument_id, account_id = Order.objects.values_list(
+            "broker", "instrument_id", "account_id"
+        ).get(pk=order_id)
+    else:
+        broker, instrument_id = book
     account = Account.objects.select_for_update(no_key=True).get(pk=account_id)
+    audit_rows_locked(account)
     position, _ = Position.objects.select_for_update().get_or_create(
         account=account, broker=broker, instrument_id=instrument_id
     )
@@ -550,16 +728,43 @@ def _lock_book(order_id: int, account_id: int | None = None) -> tuple[Account, P
 
 
 def _apply_locked(
-    order: Order, position: Position, report: OrderReport, actor, *, submitted_at=None
+    order: Order,
+    position: Position,
+    report: OrderReport,
+    actor,
+    *,
+    submitted_at=None,
+    fresh: bool = False,
+    history: list | None = None,
 ) -> Order:
-    """``order_apply_report`` once the account, position and order are locked (see ``_lock_book``)."""
+    """``order_apply_report`` once the account, position and order are locked (see ``_lock_book``).
+
+    ``fresh``: the order was created in this very transaction and this is the first report about it, so
+    none of its fills can be recorded yet (the unique trade id constraint stays the wall). ``history``:
+    where the order's history row goes to be written with the others of the transaction (written now
+    when ``None``)."""
     account = order.account
     if submitted_at is not None and order.submitted_at is None:
         order.submitted_at = submitted_at
     before = order.status
     applied = AppliedFills()
-    for fill in report.fills:
-        _apply_fill(order, position, fill, applied)
+    if report.fills:
+        recorded = (
+            set()
+            if fresh
+            else set(
+                Fill.objects.filter(
+                    account_id=order.account_id,
+                    broker=order.broker,
+                    trade_id__in=[fill.trade_id for fill in report.fills],
+                ).values_list("trade_id", flat=True)
+            )
+        )
+        for fill in report.fills:
+            if fill.trade_id in recorded:
+                continue
+            recorded.add(fill.trade_id)
+            _apply_fill(order, position, fill, applied)
     known_id = order.kraken_order_id
     if report.exchange_order_id and not order.kraken_order_id:
         order.kraken_order_id = report.exchange_order_id
@@ -591,7 +796,7 @@ def _apply_locked(
         and order.kraken_order_id == known_id
     ):
         return order
-    order.save()
+    _save_order(order, history)
     audit_record(
         actor=actor,
         action="order.reappeared"
@@ -624,10 +829,7 @@ def _queue_fill_snapshot(account_id: int) -> None:
 
 
 def _apply_fill(order: Order, position: Position, report: FillReport, applied: AppliedFills) -> None:
-    if Fill.objects.filter(
-        account_id=order.account_id, broker=order.broker, trade_id=report.trade_id
-    ).exists():
-        return
+    """One new fill (the caller skips those already recorded)."""
     instrument = order.instrument
     if report.quantity > order.quantity - order.filled_quantity:
         raise ledger.LedgerError(
@@ -704,10 +906,16 @@ def _book(position: Position) -> ledger.Book:
     return ledger.Book(**{name: getattr(position, name) for name in ledger.Book.__dataclass_fields__})
 
 
+_BOOK_FIELDS = tuple(ledger.Book.__dataclass_fields__)
+
+
 def _store_book(position: Position, book: ledger.Book) -> None:
-    for name in ledger.Book.__dataclass_fields__:
+    for name in _BOOK_FIELDS:
         setattr(position, name, getattr(book, name))
-    position.save()
+    if position._state.adding:
+        position.save()
+    else:  # the exit plan's columns are not the ledger's: they are left as they are
+        position.save(update_fields=[*_BOOK_FIELDS, "updated_at"])
 
 
 def _release(order: Order, amount: Decimal, applied: AppliedFills) -> None:
@@ -718,10 +926,24 @@ def _release(order: Order, amount: Decimal, applied: AppliedFills) -> None:
 
 
 def _write_balances(order: Order, applied: AppliedFills) -> None:
-    """Apply the collected balance changes, one locked row per asset, in asset order."""
+    """Apply the collected balance changes, one row per asset, in asset order: one conditional UPDATE
+    when the row exists and its total stays non-negative (the reservation kept between zero and the
+    total); else the row is locked and read, and a simulated book refuses to go negative while a live
+    one is clamped to zero (the exchange is the truth; reconciliation corrects the drift)."""
     for asset in sorted(applied.balances):
         total_change, reserved_change = applied.balances[asset]
         if not total_change and not reserved_change:
+            continue
+        moved = Balance.objects.filter(
+            account_id=order.account_id, broker=order.broker, asset=asset, total__gte=-total_change
+        ).update(
+            total=F("total") + total_change,
+            reserved=Least(
+                Greatest(F("reserved") + reserved_change, Value(Decimal(0))), F("total") + total_change
+            ),
+            updated_at=timezone.now(),
+        )
+        if moved:
             continue
         balance = _lock_balance(order.account, order.broker, asset)
         balance.total += total_change

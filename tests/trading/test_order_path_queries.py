@@ -1,0 +1,208 @@
+"""The order path's statements, counted as production runs them (each order its own transaction), and the
+shortcuts that keep that count low doing exactly what the long way did: the order's history rows, the
+audit chain's head reused within a transaction, balances moved by conditional updates."""
+
+from __future__ import annotations
+
+from decimal import Decimal as D
+
+import pytest
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from governance.actors import SystemActor
+from governance.models import AuditEvent
+from governance.selectors import audit_chain_verify
+from governance.services import audit_record
+from trading import ledger
+from trading.brokers.sim import SimBroker
+from trading.models import Balance, FeedStatus, Order, OrderStatus, Position
+from trading.services.orders import order_submit, sim_balance_set
+
+ENGINE = SystemActor("strategy_cycle")
+
+#: Statements of one simulated market order once the account has traded the pair (its position and
+#: base balance exist), in its own transaction, BEGIN and COMMIT included. Counted when written (on
+#: PostgreSQL, SQLite has no advisory lock but captures a head read the same way): 23 for a buy, 24 for
+#: a sell that closes the round trip (its Trade row). Before the order path was trimmed the same orders
+#: took 35 and 37 on PostgreSQL. A guard against regressions, not a target.
+BOUND = {"postgresql": {"buy": 23, "sell": 24}, "sqlite": {"buy": 22, "sell": 23}}
+
+
+def set_price(instrument, price: str) -> None:
+    FeedStatus.objects.update_or_create(
+        instrument=instrument,
+        defaults={"last_price": D(price), "last_message_at": timezone.now(), "stale": False},
+    )
+
+
+def submit(account, instrument, side: str, quantity: str = "0.01") -> Order:
+    return order_submit(
+        account=account,
+        actor=ENGINE,
+        instrument=instrument,
+        side=side,
+        order_type="market",
+        quantity=D(quantity),
+    )
+
+
+def statements(captured) -> list[str]:
+    # BEGIN and COMMIT are not captured; savepoints are (one per simulated order, around the matching).
+    return [query["sql"] for query in captured.captured_queries]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_simulated_order_in_its_own_transaction_stays_within_the_statement_bound(
+    firm, universe, audit_transactional_db
+):
+    btc = universe["BTC/USD"]
+    set_price(btc, "50000")
+    account = firm.alice_account
+    sim_balance_set(account=account, asset="USD", amount=D("10000"), actor=firm.owner, reason="test")
+    assert submit(account, btc, "buy").status == OrderStatus.FILLED  # creates the position and BTC row
+    assert submit(account, btc, "sell").status == OrderStatus.FILLED
+    bounds = BOUND.get(connection.vendor, BOUND["postgresql"])
+    for side in ("buy", "sell"):
+        bound = bounds[side]
+        with CaptureQueriesContext(connection) as captured:
+            order = submit(account, btc, side)
+        assert order.status == OrderStatus.FILLED
+        sql = statements(captured)
+        assert len(sql) <= bound, f"{side}: {len(sql)} statements\n" + "\n".join(q[:150] for q in sql)
+    assert audit_chain_verify() is None
+    usd = Balance.objects.get(account=account, broker="sim", asset="USD")
+    btc_balance = Balance.objects.get(account=account, broker="sim", asset="BTC")
+    assert usd.reserved == 0
+    assert btc_balance.reserved == 0
+    assert btc_balance.total == 0
+    assert Position.objects.get(account=account, broker="sim", instrument=btc).quantity == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_simulated_order_has_the_history_rows_the_signal_wrote(firm, universe, audit_transactional_db):
+    btc = universe["BTC/USD"]
+    set_price(btc, "50000")
+    account = firm.alice_account
+    sim_balance_set(account=account, asset="USD", amount=D("10000"), actor=firm.owner, reason="test")
+    order = submit(account, btc, "buy")
+    rows = list(order.history.order_by("history_id"))
+    assert [(row.history_type, row.status) for row in rows] == [("+", "NEW"), ("~", "FILLED")]
+    intent, filled = rows
+    assert intent.history_user is None
+    assert filled.history_user is None
+    assert intent.history_change_reason is None
+    assert filled.history_change_reason is None
+    assert intent.history_date <= filled.history_date
+    assert intent.reserved_amount > 0
+    assert intent.filled_quantity == 0
+    assert intent.kraken_order_id == ""
+    # The last row is the order as stored, field for field (what simple_history's post_save copies).
+    stored = Order.objects.get(pk=order.pk)
+    for field in type(filled).tracked_fields:
+        assert getattr(filled, field.attname) == getattr(stored, field.attname), field.name
+    # A plain save of the order still goes through simple_history's signal, as before.
+    stored.reason = "edited"
+    stored.save()
+    assert order.history.count() == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_simulator_failure_leaves_the_intent_with_its_own_history_audit_and_reservation(
+    firm, universe, audit_transactional_db, monkeypatch
+):
+    btc = universe["BTC/USD"]
+    set_price(btc, "50000")
+    account = firm.alice_account
+    sim_balance_set(account=account, asset="USD", amount=D("10000"), actor=firm.owner, reason="test")
+
+    def broken(self, request):
+        raise RuntimeError("simulator down")
+
+    monkeypatch.setattr(SimBroker, "submit", broken)
+    with pytest.raises(RuntimeError, match="simulator down"):
+        submit(account, btc, "buy")
+    order = Order.objects.get(account=account)
+    assert order.status == OrderStatus.NEW
+    assert order.reserved_amount > 0
+    assert list(order.history.values_list("history_type", "status")) == [("+", "NEW")]
+    actions = AuditEvent.objects.filter(target_type="trading.order", target_id=str(order.pk))
+    assert list(actions.values_list("action", flat=True)) == ["order.submit"]
+    assert Balance.objects.get(account=account, broker="sim", asset="USD").reserved == order.reserved_amount
+    assert audit_chain_verify() is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_chain_head_is_reused_in_a_transaction_but_never_from_a_rolled_back_savepoint(
+    firm, audit_transactional_db
+):
+    account = firm.alice_account
+    with transaction.atomic():
+        first = audit_record(actor=ENGINE, action="test.first", account=account)
+        with CaptureQueriesContext(connection) as captured:
+            second = audit_record(actor=ENGINE, action="test.second", account=account)
+        assert second.seq == first.seq + 1
+        assert second.prev_hash == first.hash
+        assert len(captured.captured_queries) == 1  # the INSERT alone: lock, row share and head are held
+        try:
+            with transaction.atomic():
+                audit_record(actor=ENGINE, action="test.rolled_back", account=account)
+                raise RuntimeError("roll the savepoint back")
+        except RuntimeError:
+            pass
+        third = audit_record(actor=ENGINE, action="test.third", account=firm.bob_account)
+        assert third.seq == second.seq + 1
+        assert third.prev_hash == second.hash
+        with transaction.atomic():  # a released savepoint keeps its event: the head moves on from it
+            fourth = audit_record(actor=ENGINE, action="test.fourth", account=account)
+        fifth = audit_record(actor=ENGINE, action="test.fifth")
+        assert fifth.seq == fourth.seq + 1
+        assert fifth.prev_hash == fourth.hash
+    with transaction.atomic():  # a new transaction reads the head again
+        sixth = audit_record(actor=ENGINE, action="test.sixth", account=account)
+    assert sixth.seq == fifth.seq + 1
+    assert sixth.prev_hash == fifth.hash
+    try:
+        with transaction.atomic():
+            audit_record(actor=ENGINE, action="test.lost", account=account)
+            raise RuntimeError("roll the transaction back")
+    except RuntimeError:
+        pass
+    with transaction.atomic():
+        seventh = audit_record(actor=ENGINE, action="test.seventh", account=account)
+    assert seventh.seq == sixth.seq + 1
+    assert seventh.prev_hash == sixth.hash
+    assert audit_chain_verify() is None
+    assert not AuditEvent.objects.filter(action__in=["test.rolled_back", "test.lost"]).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_balances_moved_by_conditional_updates_keep_the_old_refusals(firm, universe, audit_transactional_db):
+    """Enough available: one UPDATE. Not enough: the row is read and the same message as before."""
+    btc = universe["BTC/USD"]
+    set_price(btc, "50000")
+    account = firm.alice_account
+    sim_balance_set(account=account, asset="USD", amount=D("600"), actor=firm.owner, reason="test")
+    assert submit(account, btc, "buy").status == OrderStatus.FILLED
+    usd = Balance.objects.get(account=account, broker="sim", asset="USD")
+    assert usd.reserved == 0
+    assert D("0") < usd.total < D("100")
+    refused = submit(account, btc, "buy")
+    assert refused.status == OrderStatus.REJECTED
+    assert refused.status_reason.startswith("insufficient USD: the order needs ")
+    assert f"but {usd.total} is available in the simulated balance" in refused.status_reason
+    too_much = submit(account, btc, "sell", quantity="0.02")
+    assert too_much.status == OrderStatus.REJECTED
+    assert "exceeds the 0.010000000000 BTC Aether holds" in too_much.status_reason
+    # The fill path's floor: a simulated total never goes negative, with the ledger's message.
+    from trading.services.orders import AppliedFills, _write_balances
+
+    applied = AppliedFills()
+    applied.move("USD", total=-(usd.total + 1))
+    with (
+        pytest.raises(ledger.LedgerError, match=r"simulated USD balance of .* would go negative"),
+        transaction.atomic(),
+    ):
+        _write_balances(refused, applied)
+    assert Balance.objects.get(account=account, broker="sim", asset="USD").total == usd.total
