@@ -101,6 +101,17 @@ def _share_referenced_rows(connection, account, user, already: frozenset = froze
     return frozenset(shared)
 
 
+def _check_constraints_now(connection) -> None:
+    """Run the transaction's deferred foreign-key checks now, before the chain lock, and the rest of its
+    checks as its statements run. Django's foreign keys are checked at COMMIT on PostgreSQL, where each check
+    takes FOR KEY SHARE on the row referenced: a writer holding the chain lock could then wait at COMMIT for
+    a row another writer holds FOR UPDATE while that writer waits for the chain lock (a deadlock seen in the
+    end-to-end test). Checked now, the wait comes before the chain lock, in the lock order."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+
+
 def audit_record(
     *,
     actor,
@@ -115,9 +126,10 @@ def audit_record(
     with the change it describes). ``actor`` is a user or a :class:`governance.actors.SystemActor`.
 
     The chain lock is held until the transaction ends, so record the event after taking any row locks
-    the transaction needs (lock order: rows first, the audit chain last). A second event in the same
-    transaction appends to the head the first one left (the lock is still held, so nobody else can have
-    appended) instead of locking and reading the head again."""
+    the transaction needs (lock order: rows first, the audit chain last), and after its other writes where
+    possible (from the first event on, foreign keys are checked as each statement runs). A second event in
+    the same transaction appends to the head the first one left (the lock is still held, so nobody else can
+    have appended) instead of locking and reading the head again."""
     connection = transaction.get_connection()
     if not connection.in_atomic_block:
         raise RuntimeError("audit_record() must run inside the caller's transaction.atomic() block")
@@ -136,6 +148,7 @@ def audit_record(
     if known is not None and known.head is not None:
         seq, prev_hash = known.head[0] + 1, known.head[1]
     else:
+        _check_constraints_now(connection)
         _lock_chain_head()
         head = AuditEvent.objects.order_by("-seq").values_list("seq", "hash").first()
         seq, prev_hash = (head[0] + 1, head[1]) if head else (1, GENESIS_HASH)
