@@ -17,15 +17,12 @@ app.autodiscover_tasks()
 
 
 @app.on_after_configure.connect
-def _embedded_broker_folders(sender, **kwargs) -> None:
-    """kombu's filesystem transport (embedded mode) needs its folders to exist: create them, so the first
+def _embedded_broker_folder(sender, **kwargs) -> None:
+    """Embedded mode's broker is a SQLite file (kombu's SQLAlchemy transport): create its folder, so the first
     message of a fresh machine is not lost to a missing directory."""
-    if sender.conf.broker_url != "filesystem://":
-        return
-    options = sender.conf.broker_transport_options or {}
-    for key in ("data_folder_in", "data_folder_out", "processed_folder", "control_folder"):
-        if options.get(key):
-            Path(options[key]).mkdir(parents=True, exist_ok=True)
+    url = sender.conf.broker_url or ""
+    if url.startswith("sqla+sqlite:///"):
+        Path(url.removeprefix("sqla+sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
 
 
 @celeryd_after_setup.connect

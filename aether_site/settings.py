@@ -157,19 +157,15 @@ else:
 
 # --- Celery (tasks, worker, beat) --------------------------------------------------------------------------
 
-# With REDIS_URL the broker is Redis. In embedded mode (no REDIS_URL) it is kombu's filesystem transport
-# under var/celery: a real broker that a worker and beat on this machine share, so embedded mode runs the
-# same task code as production without any service. CELERY_BROKER_URL overrides both.
+# With REDIS_URL the broker is Redis. In embedded mode (no REDIS_URL) it is kombu's SQLAlchemy transport on a
+# SQLite file under var/celery: a real broker that a worker, beat, the web and the feed on this machine share,
+# so embedded mode runs the same task code as production without any service. (kombu's filesystem transport
+# was dropped: a reader can take a message file before its writer has filled it, and the worker dies on
+# the empty message.) CELERY_BROKER_URL overrides both.
 CELERY_EMBEDDED_DIR = Path(env.str("CELERY_EMBEDDED_DIR", str(VAR_DIR / "celery")))
-CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", REDIS_URL or "filesystem://")
-if CELERY_BROKER_URL == "filesystem://":
-    CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "data_folder_in": str(CELERY_EMBEDDED_DIR / "queue"),
-        "data_folder_out": str(CELERY_EMBEDDED_DIR / "queue"),
-        "processed_folder": str(CELERY_EMBEDDED_DIR / "processed"),
-        "control_folder": str(CELERY_EMBEDDED_DIR / "control"),
-        "store_processed": False,
-    }
+CELERY_BROKER_URL = env.str(
+    "CELERY_BROKER_URL", REDIS_URL or f"sqla+sqlite:///{CELERY_EMBEDDED_DIR / 'broker.sqlite3'}"
+)
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]

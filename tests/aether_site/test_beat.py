@@ -51,29 +51,27 @@ def test_every_scheduled_task_is_registered_with_celery(db, settings):
         assert entry.task in app.tasks, entry.task
 
 
-def test_the_embedded_broker_has_its_folders_before_the_first_message(tmp_path):
-    """Embedded mode's filesystem broker: sending a task on a fresh machine must not fail for a folder."""
+def test_the_embedded_broker_is_a_sqlite_file_that_takes_and_gives_back_messages(tmp_path):
+    """Embedded mode's broker (kombu's SQLAlchemy transport on SQLite): its folder is created on a fresh
+    machine, and a message sent by one connection is received by another, once."""
     from celery import Celery
+    from kombu import Connection
 
-    from aether_site.celery import _embedded_broker_folders
+    from aether_site.celery import _embedded_broker_folder
 
-    folders = {name: tmp_path / "celery" / name for name in ("queue", "processed", "control")}
+    url = f"sqla+sqlite:///{tmp_path / 'fresh' / 'celery' / 'broker.sqlite3'}"
     probe = Celery("probe")
-    probe.conf.broker_url = "filesystem://"
-    probe.conf.broker_transport_options = {
-        "data_folder_in": str(folders["queue"]),
-        "data_folder_out": str(folders["queue"]),
-        "processed_folder": str(folders["processed"]),
-        "control_folder": str(folders["control"]),
-    }
-    _embedded_broker_folders(probe)
-    assert all(folder.is_dir() for folder in folders.values())
-    queue = folders["queue"]
+    probe.conf.broker_url = url
+    _embedded_broker_folder(probe)
+    assert (tmp_path / "fresh" / "celery").is_dir()
     probe.send_task("aether.probe", args=[1], queue="trading")
-    assert list(queue.iterdir()), "the message is in the queue folder"
-    assert list(folders["control"].iterdir()), (
-        "the exchange table is kept there too, not in the working directory"
-    )
+    with Connection(url) as connection:
+        queue = connection.SimpleQueue("trading")
+        message = queue.get(timeout=5)
+        assert message.headers["task"] == "aether.probe"
+        message.ack()
+        assert queue.qsize() == 0
+        queue.close()
 
 
 def test_replayed_market_data_has_no_universe_sync(db, settings):
