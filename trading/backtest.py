@@ -59,7 +59,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from functools import partial
 from itertools import pairwise
 from typing import Any
 
@@ -500,9 +499,14 @@ class _Account:
     @property
     def holds(self) -> bool:
         """Whether any position is open."""
-        return any(book.quantity for book in self.books.values())
+        for book in self.books.values():  # noqa: SIM110 (per bar: no generator)
+            if book.quantity:
+                return True
+        return False
 
     def equity(self, prices: Mapping[str, Decimal]) -> Decimal:
+        if not self.holds:
+            return self.cash
         marks = [
             Mark(symbol, book.quantity, prices.get(symbol))
             for symbol, book in self.books.items()
@@ -753,6 +757,9 @@ def run_backtest(
     bar_steps = 0
     floor_target = ZERO
     single = ordered[0] if len(ordered) == 1 else None
+    if single is not None:
+        single_symbol, single_rows = single.symbol, step_rows[single.symbol]
+    last_target, last_float = None, 0.0
 
     loop_started = time.perf_counter()
     for step in range(total):
@@ -764,9 +771,9 @@ def run_backtest(
             if account.switch.latched and config.rearm_next_day and day > account.switch.tripped_on:
                 account.switch = rearm(account.switch, now=opened).state
         if single is not None:
-            row = step_rows[single.symbol][step]
-            rows = {single.symbol: row}
-            prices = {single.symbol: single.closes[row]} if row >= 0 else {}
+            row = single_rows[step]
+            rows = {single_symbol: row}
+            prices = {single_symbol: single.closes[row]} if row >= 0 else {}
         else:
             rows = {symbol: values[step] for symbol, values in step_rows.items()}
             prices = {symbol: pairs[symbol].closes[row] for symbol, row in rows.items() if row >= 0}
@@ -775,7 +782,9 @@ def run_backtest(
         target = floor_target
         if hedge_target is not None:
             target = hedge_target(step, equity, high_water)
-            targets.append(float(target))
+            if target is not last_target:  # mostly the same (cached) Decimal as the step before
+                last_target, last_float = target, float(target)
+            targets.append(last_float)
             if account.holds and _rebalance(account, pairs, rows, prices, equity, target, now, config):
                 equity = account.equity(prices)
 
@@ -794,7 +803,8 @@ def run_backtest(
                     trading_enabled=True,
                     fees=fees,
                     slippage_pct=slippage_pct,
-                    build=partial(account.snapshot, now, prices, equity),
+                    build=account.snapshot,
+                    args=(now, prices, equity),
                 ),
                 bar=pair.views[row],
                 holding=account.holding(symbol),

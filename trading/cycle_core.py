@@ -43,7 +43,7 @@ core (backtest). After an entry fills the shell plans its exits from the fill pr
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
@@ -111,9 +111,13 @@ class Intent:
     trigger_price: Decimal | None = None  # the exit level that fired (exits from the plan)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class CycleDecision:
-    """What one cycle decided. ``notes``: every reason, in order, as sentences for the cycle's record."""
+    """What one cycle decided. ``notes``: every reason, in order, as sentences for the cycle's record.
+
+    Built once per pair and bar, so its ``__init__`` is written out: the one ``dataclass`` would generate
+    (same parameters and defaults, ``tests/trading/test_cycle_core.py`` compares them), setting the frozen
+    slots through their descriptors instead of ``object.__setattr__`` by name (half the cost)."""
 
     symbol: str
     bar_open_time: datetime
@@ -130,6 +134,39 @@ class CycleDecision:
     buying_power: Decimal | None = None  # the hedge-capped buying power, when an entry was sized
     notes: tuple[str, ...] = ()
 
+    def __init__(
+        self,
+        symbol: str,
+        bar_open_time: datetime,
+        strategy: str = "",
+        signal: Signal | None = None,
+        intents: tuple[Intent, ...] = (),
+        skip: Skip | None = None,
+        skip_reason: str = "",
+        exit_plan: ExitPlan | None = None,
+        plan_changed: bool = False,
+        exit_signal: ExitSignal | None = None,
+        size: Size | None = None,
+        rejected: Decision | None = None,
+        buying_power: Decimal | None = None,
+        notes: tuple[str, ...] = (),
+    ) -> None:
+        s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11, s12, s13 = _DECISION_SLOTS
+        s0(self, symbol)
+        s1(self, bar_open_time)
+        s2(self, strategy)
+        s3(self, signal)
+        s4(self, intents)
+        s5(self, skip)
+        s6(self, skip_reason)
+        s7(self, exit_plan)
+        s8(self, plan_changed)
+        s9(self, exit_signal)
+        s10(self, size)
+        s11(self, rejected)
+        s12(self, buying_power)
+        s13(self, notes)
+
     @property
     def entry(self) -> Intent | None:
         return next((i for i in self.intents if i.purpose == Purpose.ENTRY), None)
@@ -139,12 +176,17 @@ class CycleDecision:
         return next((i for i in self.intents if i.side == Side.SELL), None)
 
 
+#: The setters of ``CycleDecision``'s slots, in field order (its ``__init__`` unpacks them).
+_DECISION_SLOTS = tuple(CycleDecision.__dict__[f.name].__set__ for f in fields(CycleDecision))
+
+
 class DeferredSnapshot:
     """A :class:`~risk.engine.Snapshot` built only when an order is sized or checked. ``now``, ``switch``,
     ``trading_enabled``, ``fees`` and ``slippage_pct`` are what every cycle reads; ``build()`` returns the
-    whole snapshot (the same values in those fields: checked, a mismatch raises), called at most once."""
+    whole snapshot (the same values in those fields: checked, a mismatch raises), called at most once.
+    ``args``: what ``build`` is called with (``build(*args)``: no closure or ``partial`` per cycle)."""
 
-    __slots__ = ("_build", "_built", "fees", "now", "slippage_pct", "switch", "trading_enabled")
+    __slots__ = ("_args", "_build", "_built", "fees", "now", "slippage_pct", "switch", "trading_enabled")
 
     def __init__(
         self,
@@ -154,16 +196,17 @@ class DeferredSnapshot:
         trading_enabled: bool,
         fees: FeeRates,
         slippage_pct: Decimal,
-        build: Callable[[], Snapshot],
+        build: Callable[..., Snapshot],
+        args: tuple = (),
     ) -> None:
         self.now, self.switch, self.trading_enabled = now, switch, trading_enabled
         self.fees, self.slippage_pct = fees, slippage_pct
-        self._build, self._built = build, None
+        self._build, self._args, self._built = build, args, None
 
     def full(self) -> Snapshot:
         built = self._built
         if built is None:
-            built = self._build()
+            built = self._build(*self._args)
             if (built.now, built.switch, built.trading_enabled, built.fees, built.slippage_pct) != (
                 self.now, self.switch, self.trading_enabled, self.fees, self.slippage_pct,
             ):  # fmt: skip
@@ -269,7 +312,6 @@ def decide(
     kill switch's sweep flattens): no plan, stop, take-profit, trailing or flatten here, only the strategy's
     own exit. One evaluation per bar, never two (a ratchet must not be counted twice)."""
     symbol = pair.symbol
-    notes: list[str] = []
     if snapshot.now - bar.close_time > max_bar_age:
         reason = (
             f"the last closed {symbol} bar closed at {bar.close_time.isoformat()}, more than {max_bar_age} "
@@ -282,17 +324,28 @@ def decide(
     if not (ZERO <= hedge_target <= ONE):
         raise ValueError(f"hedge target {hedge_target} is not a fraction between 0 and 1")
 
-    intents: list[Intent] = []
     plan = holding.exit_plan
+    signal = strategy.signal(market=market, holding=holding, policy=policy)
+    said = f"{signal.strategy}: {signal.action}: {signal.reason}"
+    is_open = holding.is_open
+    if not is_open and (plan is None or not evaluate_exits) and signal.action != Action.ENTER:
+        switch = snapshot.switch
+        if not switch.halted and switch.status != Status.TRIPPED and snapshot.trading_enabled:
+            # Most bars: flat, no plan to clear, entries open and no entry signal: the signal is the record
+            # (the same decision as the full path below gives).
+            return CycleDecision(
+                symbol, bar.open_time, signal.strategy, signal, (), None, "", plan, False, None, None, None,
+                None, (said,),
+            )  # fmt: skip
+
+    notes = [said]
+    intents: list[Intent] = []
     plan_changed = False
     exit_signal = None
     fees, slippage = snapshot.fees, snapshot.slippage_pct
 
-    signal = strategy.signal(market=market, holding=holding, policy=policy)
-    notes.append(f"{signal.strategy}: {signal.action}: {signal.reason}")
-
     # --- exits of the open position -------------------------------------------------------------------
-    if holding.is_open:
+    if is_open:
         if not evaluate_exits:
             pass
         elif plan is None:

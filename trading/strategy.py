@@ -33,7 +33,7 @@ entry whose edge does not clear ``2 x taker + 2 x slippage + min_edge_pct``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from decimal import Decimal
 from enum import StrEnum
 from typing import Protocol
@@ -93,12 +93,27 @@ class MarketView:
     model_note: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Signal:
+    """One per pair and bar: its ``__init__`` is the one ``dataclass`` would generate (same parameters,
+    compared in ``tests/trading/test_strategy.py``), setting the frozen slots through their descriptors."""
+
     action: Action
     strategy: str
     reason: str
     expected_edge_pct: Decimal | None = None  # entries only
+
+    def __init__(
+        self, action: Action, strategy: str, reason: str, expected_edge_pct: Decimal | None = None
+    ) -> None:
+        s0, s1, s2, s3 = _SIGNAL_SLOTS
+        s0(self, action)
+        s1(self, strategy)
+        s2(self, reason)
+        s3(self, expected_edge_pct)
+
+
+_SIGNAL_SLOTS = tuple(Signal.__dict__[f.name].__set__ for f in fields(Signal))
 
 
 class Strategy(Protocol):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import date, datetime
+from decimal import Decimal
 from enum import StrEnum
 
 from risk.engine.nav import DayEquity, utc_day
@@ -68,10 +69,22 @@ def entries_allowed(state: SwitchState) -> bool:
 
 
 def on_equity(state: SwitchState, *, day: DayEquity, policy: RiskPolicy) -> Transition:
-    """Trip an armed switch when the day's drawdown from its high-water mark reaches the policy's maximum."""
-    drawdown = day.drawdown_pct
-    if state.latched or drawdown < policy.max_daily_drawdown_pct:
-        return Transition(state)
+    """Trip an armed switch when the day's drawdown from its high-water mark reaches the policy's maximum.
+
+    Called on every equity mark (every bar in the backtest): equity at or above the day's high has no
+    drawdown (``DayEquity.drawdown_pct`` is 0 there, so it is not computed), a latched switch needs none,
+    and "nothing happens" is one :class:`Transition` per state (it is immutable)."""
+    limit = policy.max_daily_drawdown_pct
+    if day.equity >= day.high_water:
+        drawdown = _NO_DRAWDOWN
+        if state.latched or drawdown < limit:
+            return _unchanged(state)
+    else:
+        if state.latched:
+            return _unchanged(state)
+        drawdown = day.drawdown_pct
+        if drawdown < limit:
+            return _unchanged(state)
     reason = (
         f"daily drawdown {drawdown:.2f} % from the UTC day's high of {day.high_water} USD to "
         f"{day.equity} USD reached the limit of {policy.max_daily_drawdown_pct} %"
@@ -82,6 +95,23 @@ def on_equity(state: SwitchState, *, day: DayEquity, policy: RiskPolicy) -> Tran
     actions.append(Action.ALERT)
     tripped = replace(state, status=Status.TRIPPED, tripped_on=day.day, tripped_at=day.at, reason=reason)
     return Transition(tripped, tuple(actions))
+
+
+_NO_DRAWDOWN = Decimal(0)  # what DayEquity.drawdown_pct gives at or above the high
+
+
+class _Unchanged:
+    """The last "nothing happens" transition, reused while the state is the same object (one per bar
+    otherwise). Reading and replacing the one reference is atomic: threads share it safely."""
+
+    last = Transition(SwitchState())
+
+
+def _unchanged(state: SwitchState) -> Transition:
+    last = _Unchanged.last
+    if last.state is not state:
+        last = _Unchanged.last = Transition(state)
+    return last
 
 
 def on_day_change(state: SwitchState, *, now: datetime, policy: RiskPolicy) -> Transition:

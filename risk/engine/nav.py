@@ -82,14 +82,18 @@ def observe_equity(previous: DayEquity | None, *, equity: Decimal, at: datetime)
     """The day record after observing ``equity`` at ``at``: a new UTC day starts a new record whose mark is
     this equity; within the day the mark is ``max(mark, equity)``. Observations older than ``previous``
     are refused (the shell feeds them in time order)."""
-    if not is_number(equity):
+    # Per bar in the backtest, so the common case goes first: a finite Decimal (else is_number decides) and
+    # a UTC time (its own calendar day; else utc_day).
+    if not (type(equity) is Decimal and equity.is_finite()) and not is_number(equity):
         raise RiskInputError(f"equity {equity} is not a number")
-    day = utc_day(at)
+    day = at.date() if at.tzinfo is UTC else utc_day(at)
     if previous is None or day > previous.day:
-        return DayEquity(day=day, high_water=equity, equity=equity, at=at)
+        return DayEquity(day, equity, equity, at)
     if at < previous.at:
         raise RiskInputError(f"equity at {at} is older than the last one at {previous.at}")
-    return DayEquity(previous.day, max(previous.high_water, equity), equity, at)  # per bar: no replace()
+    high_water = previous.high_water
+    # max(high_water, equity) without the call: the same object (the mark when equal, exponent included)
+    return DayEquity(previous.day, equity if equity > high_water else high_water, equity, at)
 
 
 def external_flow(previous: DayEquity, *, amount: Decimal) -> DayEquity:

@@ -10,6 +10,7 @@ from risk.engine import (
     KillSwitchRefused,
     OrderIntent,
     RiskPolicy,
+    Status,
     SwitchState,
     Verdict,
     check_order,
@@ -133,3 +134,64 @@ def test_once_tripped_no_entry_passes_until_rearmed(steps, auto):
             assert decision.verdict == Verdict.REJECT
         else:
             assert decision.verdict == Verdict.ACCEPT
+
+
+def _on_equity_reference(state, *, day, policy):
+    """``on_equity`` as it was written before its fast paths (the drawdown computed on every call)."""
+    from dataclasses import replace as _replace
+
+    from risk.engine.killswitch import Action as _Action
+    from risk.engine.killswitch import Transition as _Transition
+
+    drawdown = day.drawdown_pct
+    if state.latched or drawdown < policy.max_daily_drawdown_pct:
+        return _Transition(state)
+    reason = (
+        f"daily drawdown {drawdown:.2f} % from the UTC day's high of {day.high_water} USD to "
+        f"{day.equity} USD reached the limit of {policy.max_daily_drawdown_pct} %"
+    )
+    actions = [_Action.BLOCK_ENTRIES, _Action.CANCEL_ENTRY_ORDERS]
+    if policy.flatten_on_breach:
+        actions.append(_Action.FLATTEN)
+    actions.append(_Action.ALERT)
+    tripped = _replace(state, status=Status.TRIPPED, tripped_on=day.day, tripped_at=day.at, reason=reason)
+    return _Transition(tripped, tuple(actions))
+
+
+_AMOUNTS = st.one_of(
+    st.decimals(min_value=D(-1000), max_value=D(200_000), places=2),
+    st.decimals(min_value=D(-1000), max_value=D(200_000), places=10),
+    st.sampled_from([D(0), D("0.00"), D(100_000), D("100000.00"), D("97000"), D("97000.0000"), D(-5)]),
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    high=_AMOUNTS,
+    equity=_AMOUNTS,
+    limit=st.sampled_from([D(3), D("0.5"), D(2), D("2.999999999999"), D(0), D(100)]),
+    latched=st.booleans(),
+    flatten=st.booleans(),
+)
+def test_on_equity_is_the_reference_transition(high, equity, limit, latched, flatten):
+    """The fast paths (equity at or above the high, a latched switch, a reused unchanged transition) give
+    the transition the straightforward computation gives, at and around the limit."""
+    from dataclasses import replace as _replace
+
+    from risk.engine.nav import DayEquity
+
+    at = datetime(2022, 5, 12, 13, tzinfo=UTC)
+    day = DayEquity(at.date(), high, equity, at)
+    state = (
+        SwitchState(status=Status.TRIPPED, tripped_on=at.date(), tripped_at=at, reason="earlier")
+        if latched
+        else SwitchState()
+    )
+    policy = _replace(RiskPolicy(), max_daily_drawdown_pct=limit, flatten_on_breach=flatten)
+    fast = on_equity(state, day=day, policy=policy)
+    assert fast == _on_equity_reference(state, day=day, policy=policy)
+    if not fast.actions:
+        assert fast.state is state
+    # exactly at the limit: (100 - 97) / 100 x 100 = 3
+    if high == D(100_000) and equity == D(97_000) and limit == D(3):
+        assert fast.actions or latched

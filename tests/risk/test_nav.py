@@ -60,3 +60,30 @@ def test_an_account_with_nothing_in_it_has_no_drawdown_to_trip_on():
     assert day.drawdown_pct == 0
     funded = observe_equity(day, equity=D(10000), at=at(2))
     assert (funded.high_water, funded.drawdown_pct) == (D(10000), 0)
+
+
+def test_observe_equity_keeps_the_mark_object_and_the_utc_day():
+    """Within a day the mark is ``max(mark, equity)`` as that call gives it (the earlier mark when equal,
+    its exponent included); a new UTC day, also from a non-UTC zone, starts a new record."""
+    from datetime import timedelta, timezone
+
+    at = datetime(2022, 5, 12, 22, tzinfo=UTC)
+    first = observe_equity(None, equity=D("100.00"), at=at)
+    same = observe_equity(first, equity=D("100.0"), at=at + timedelta(minutes=1))
+    assert str(same.high_water) == "100.00"
+    assert str(same.equity) == "100.0"
+    higher = observe_equity(same, equity=D("100.5"), at=at + timedelta(minutes=2))
+    assert higher.high_water is higher.equity
+    lower = observe_equity(higher, equity=D(99), at=at + timedelta(minutes=3))
+    assert (lower.high_water, lower.equity, lower.day) == (D("100.5"), D(99), at.date())
+    plus_two = timezone(timedelta(hours=2))
+    next_day = observe_equity(lower, equity=D(98), at=datetime(2022, 5, 13, 1, 30, tzinfo=plus_two))
+    assert next_day.day == at.date()  # 23:30 UTC: still the 12th
+    next_day = observe_equity(next_day, equity=D(98), at=datetime(2022, 5, 13, 2, 30, tzinfo=plus_two))
+    assert (next_day.day, next_day.high_water) == (datetime(2022, 5, 13).date(), D(98))
+    for bad in (D("NaN"), D("Infinity"), None, True):
+        with pytest.raises(RiskInputError):
+            observe_equity(lower, equity=bad, at=at + timedelta(hours=1))
+    assert observe_equity(lower, equity=99, at=at + timedelta(hours=1)).equity == 99
+    with pytest.raises(RiskInputError):
+        observe_equity(lower, equity=D(1), at=datetime(2022, 5, 12, 23))

@@ -297,3 +297,116 @@ def test_deferred_snapshot_refuses_a_builder_that_disagrees():
     )
     with pytest.raises(ValueError, match="disagrees"):
         run(snap=lying)
+
+
+def test_deferred_snapshot_calls_its_builder_with_its_args_once():
+    snap = snapshot()
+    calls = []
+
+    def build(*args):
+        calls.append(args)
+        return snap
+
+    lazy = DeferredSnapshot(
+        now=snap.now,
+        switch=snap.switch,
+        trading_enabled=True,
+        fees=FEES,
+        slippage_pct=snap.slippage_pct,
+        build=build,
+        args=(1, "two"),
+    )
+    assert run(snap=lazy) == run()
+    assert lazy.full() is snap
+    assert calls == [(1, "two")]
+
+
+def test_cycle_decision_init_is_the_dataclass_one():
+    """The written-out ``__init__`` takes the fields in order with their defaults, and stays frozen."""
+    import dataclasses
+    import inspect
+
+    from trading.cycle_core import CycleDecision
+
+    parameters = list(inspect.signature(CycleDecision).parameters.values())
+    fields = dataclasses.fields(CycleDecision)
+    assert [p.name for p in parameters] == [f.name for f in fields]
+    assert [p.default for p in parameters] == [
+        inspect.Parameter.empty if f.default is dataclasses.MISSING else f.default for f in fields
+    ]
+    decision = CycleDecision("BTC/USD", OPENED, notes=("a",))
+    assert decision == CycleDecision(
+        "BTC/USD", OPENED, "", None, (), None, "", None, False, None, None, None, None, ("a",)
+    )
+    assert [getattr(decision, f.name) for f in fields] == [
+        "BTC/USD",
+        OPENED,
+        "",
+        None,
+        (),
+        None,
+        "",
+        None,
+        False,
+        None,
+        None,
+        None,
+        None,
+        ("a",),
+    ]
+    assert dataclasses.replace(decision, strategy="x").strategy == "x"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        decision.symbol = "ETH/USD"
+
+
+@pytest.mark.parametrize("action", [Action.HOLD, Action.EXIT, Action.ENTER])
+@pytest.mark.parametrize("gate", ["open", "halted", "tripped", "disabled"])
+@pytest.mark.parametrize("stale_plan", [False, True])
+@pytest.mark.parametrize("evaluate_exits", [True, False])
+def test_flat_decisions_record_the_signal_then_the_gate(action, gate, stale_plan, evaluate_exits):
+    """Flat: the signal's note first, then a stale plan's clearing, then the gate; the common bar (no entry
+    signal, nothing to clear, entries open) is the signal alone."""
+    switch = {
+        "open": ARMED,
+        "halted": SwitchState(halted=True, halt_reason="desk"),
+        "tripped": SwitchState(status=Status.TRIPPED, tripped_on=date(2022, 11, 3), reason="drawdown"),
+        "disabled": ARMED,
+    }[gate]
+    snap = snapshot(switch=switch, enabled=gate != "disabled")
+    plan = planned() if stale_plan else None
+    strategy = Fixed(action)
+    decision = decide(
+        policy=POLICY, pair=BTC, snapshot=deferred(snap, []), bar=BAR, holding=Holding(exit_plan=plan),
+        market=MARKET, strategy=strategy, hedge_target=ZERO, max_bar_age=HOUR,
+        evaluate_exits=evaluate_exits,
+    )  # fmt: skip
+    said = f"fixed: {action}: always {action}"
+    assert decision.notes[0] == said
+    assert decision.signal is strategy.answer
+    assert decision.strategy == "fixed"
+    cleared = stale_plan and evaluate_exits
+    assert decision.plan_changed is cleared
+    assert decision.exit_plan is (None if cleared else plan)
+    assert ("the position is flat: its exit plan is cleared" in decision.notes) is cleared
+    skip = {"open": None, "halted": Skip.HALTED, "tripped": Skip.KILL_SWITCH_LATCHED}.get(
+        gate, Skip.TRADING_DISABLED
+    )
+    assert decision.skip == skip
+    if skip is not None:
+        assert decision.notes[-1] == decision.skip_reason
+        assert len(decision.notes) == 2 + cleared
+    elif action != Action.ENTER:
+        assert decision.notes == (
+            said,
+            *(("the position is flat: its exit plan is cleared",) if cleared else ()),
+        )
+        assert (decision.intents, decision.size, decision.rejected, decision.buying_power) == (
+            (),
+            None,
+            None,
+            None,
+        )
+        assert decision.exit_signal is None
+        assert decision.skip_reason == ""
+    else:
+        assert decision.entry is not None

@@ -141,3 +141,26 @@ def test_default_fallback_says_the_rule_strategys_own_signal():
                     alone.strategy,
                     alone.expected_edge_pct,
                 )
+
+
+def test_signal_init_is_the_dataclass_one():
+    """The written-out ``__init__`` takes the fields in order with their defaults, and stays frozen."""
+    import dataclasses
+    import inspect
+
+    from trading.strategy import Signal
+
+    parameters = list(inspect.signature(Signal).parameters.values())
+    fields = dataclasses.fields(Signal)
+    assert [p.name for p in parameters] == [f.name for f in fields]
+    assert [p.default for p in parameters] == [
+        inspect.Parameter.empty if f.default is dataclasses.MISSING else f.default for f in fields
+    ]
+    signal = Signal(Action.ENTER, "x", "why", Decimal(2))
+    assert (signal.action, signal.strategy, signal.reason, signal.expected_edge_pct) == (
+        Action.ENTER, "x", "why", Decimal(2),
+    )  # fmt: skip
+    assert Signal(Action.HOLD, "x", "why") == Signal(action=Action.HOLD, strategy="x", reason="why")
+    assert Signal(Action.HOLD, "x", "why").expected_edge_pct is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        signal.reason = "other"
