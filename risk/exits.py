@@ -290,11 +290,14 @@ def _watch(position: Position, bar, actor) -> engine.ExitSignal | None:
         watched = position.exits_watched_through
         if watched is not None and bar.close_time <= watched:
             return None  # this bar (or a later one) was already evaluated: a ratchet must not count twice
-        position.exits_watched_through = bar.close_time
         plan = plan_of(position)
         evaluation = engine.evaluate_bar(plan, low=bar.low, high=bar.high)
         signal = evaluation.signal
         if signal is None:
+            # Only a bar that asked for no exit is marked watched. A bar that did is evaluated again by a
+            # retry until its sell has gone out and the position is flat: an exit that failed half-way
+            # (a cancel not confirmed, a worker that died) is never forgotten.
+            position.exits_watched_through = bar.close_time
             fields = ["exits_watched_through", "updated_at"]
             before = position.stop_price
             if evaluation.plan != plan:
@@ -316,7 +319,6 @@ def _watch(position: Position, bar, actor) -> engine.ExitSignal | None:
                     },
                 )
             return None
-        position.save(update_fields=["exits_watched_through", "updated_at"])
         audit_record(
             actor=actor,
             action="risk.exit_signal",
@@ -425,6 +427,10 @@ def _follow_trailing_stop(position: Position, *, actor, broker_factory, quotes) 
     position = Position.objects.select_related("account", "instrument").get(pk=position.pk)
     if position.quantity <= 0 or position.stop_price is None:
         return ()
+    others = _resting_sells(position).exclude(order_type=OrderType.STOP_LOSS, reason=PROTECTIVE_STOP)
+    if others.exists():  # a director's (or another) resting sell holds the base: left alone, reported
+        ids = ", ".join(others.values_list("client_order_id", flat=True))
+        return (f"protective stop not moved: other resting sells hold the position ({ids})",)
     resting = _resting_sells(position).filter(order_type=OrderType.STOP_LOSS).first()
     step = Decimal(settings.PROTECTIVE_STOP_STEP_PCT) / 100
     if (
@@ -433,16 +439,42 @@ def _follow_trailing_stop(position: Position, *, actor, broker_factory, quotes) 
         and position.stop_price < resting.stop_price * (1 + step)
     ):
         return ()
-    try:
-        placed = protective_stop_place(
-            position=position, actor=actor, broker_factory=broker_factory, quotes=quotes
+    problem = ""
+    for _attempt in range(2):  # the old stop is gone once its cancel is confirmed: one immediate retry
+        try:
+            placed = protective_stop_place(
+                position=position, actor=actor, broker_factory=broker_factory, quotes=quotes
+            )
+        except Exception as exc:  # reported; the engine still watches the stop bar by bar
+            logger.exception("%s: protective stop not moved", position)
+            problem = f"{type(exc).__name__}: {exc}"
+            continue
+        if placed is None:
+            return ("protective stop not moved: the resting sells could not be canceled",)
+        if placed.status in LIVE_STATUSES or placed.status == OrderStatus.FILLED:
+            return ()  # resting, or already triggered (the price was below it): the position is covered
+        problem = f"the new stop {placed.client_order_id} is {placed.status}: {placed.status_reason}"
+    return _unprotected(position, actor=actor, problem=problem)
+
+
+def _unprotected(position: Position, *, actor, problem: str) -> tuple[str, ...]:
+    """No stop rests on Kraken for a live position: audited (``risk.position_unprotected``) and logged as an
+    error; the engine keeps watching the stop on every bar, and the next bar tries to place it again."""
+    message = f"{position.instrument.symbol}: no protective stop rests on Kraken: {problem}"
+    logger.error("%s: %s", position.account.slug, message)
+    with transaction.atomic():
+        audit_record(
+            actor=actor,
+            action="risk.position_unprotected",
+            account=position.account,
+            target=position,
+            details={
+                "pair": position.instrument.symbol,
+                "stop_price": str(position.stop_price),
+                "problem": problem,
+            },
         )
-    except Exception as exc:  # reported on the outcome; the engine still watches the stop bar by bar
-        logger.exception("%s: protective stop not moved", position)
-        return (f"protective stop not moved: {type(exc).__name__}: {exc}",)
-    if placed is None:
-        return ("protective stop not moved: the resting sells could not be canceled",)
-    return ()
+    return (f"protective stop not moved: {problem}",)
 
 
 def _plan_late(position: Position, *, actor, broker_factory, quotes) -> None:

@@ -425,3 +425,96 @@ def test_the_resting_stop_on_kraken_follows_the_trailing_stop_in_steps(kraken_en
     stops = [o for o in fake.orders(creds.api_key) if o.ordertype == "stop-loss"]
     assert [(o.status, o.price) for o in stops] == [("canceled", D("49000.1")), ("open", D("50440"))]
     assert position.quantity == D("0.01")
+
+
+def test_an_exit_that_failed_half_way_is_sent_again_by_a_retry_of_the_same_bar(book, monkeypatch):
+    """The bar's stop fired but its sell never went out (here the cancel of a resting sell raised): the bar
+    is not marked watched, so the retried cycle evaluates it again and sells."""
+    from risk import exits
+
+    account, btc, quotes = book
+    enter(book)
+    through = bar("48000", "50500")
+    real = exits.resting_sells_cancel
+
+    def unreachable(**kwargs):
+        raise ConnectionError("exchange unreachable (test)")
+
+    monkeypatch.setattr(exits, "resting_sells_cancel", unreachable)
+    with pytest.raises(ConnectionError):
+        exits_evaluate(instrument=btc, bar=through, quotes=quotes)
+    assert not Order.objects.filter(account=account, side="sell").exists()
+    monkeypatch.setattr(exits, "resting_sells_cancel", real)
+    (outcome,) = exits_evaluate(instrument=btc, bar=through, quotes=quotes)
+    assert outcome.checked.order.status == OrderStatus.FILLED
+    assert position_of(account, btc).quantity == 0
+    assert len(events(account, "risk.exit_signal")) == 2  # seen twice, sold once
+
+
+def test_a_rejected_replacement_stop_is_reported_and_audited_as_unprotected(
+    kraken_env, settings, monkeypatch
+):
+    from risk import exits
+
+    fake, _creds, account, factory, btc = kraken_env
+    order_submit_checked(
+        account=account,
+        actor=ENGINE,
+        instrument=btc,
+        side="buy",
+        order_type="market",
+        quantity=D("0.01"),
+        reason="strategy",
+        expected_edge_pct=EDGE,
+        broker_factory=factory,
+    )
+    fake.set_price("XXBTZUSD", "51800", bid="51799.9", ask="51800.1")
+    real = exits.protective_stop_place
+
+    def refused(**kwargs):
+        placed = real(**kwargs)
+        Order.objects.filter(pk=placed.pk).update(status=OrderStatus.REJECTED, status_reason="EOrder:test")
+        placed.refresh_from_db()
+        return placed
+
+    monkeypatch.setattr(exits, "protective_stop_place", refused)
+    (outcome,) = exits_evaluate(instrument=btc, bar=bar("51000", "52000"), broker_factory=factory)
+    assert outcome.problems
+    assert "REJECTED" in outcome.problems[0]
+    (event,) = events(account, "risk.position_unprotected")
+    assert event.details["pair"] == "BTC/USD"
+
+
+def test_a_directors_resting_sell_is_left_alone_and_reported(kraken_env):
+    from trading.services.orders import order_cancel, order_submit
+
+    fake, _creds, account, factory, btc = kraken_env
+    order_submit_checked(
+        account=account,
+        actor=ENGINE,
+        instrument=btc,
+        side="buy",
+        order_type="market",
+        quantity=D("0.01"),
+        reason="strategy",
+        expected_edge_pct=EDGE,
+        broker_factory=factory,
+    )
+    stop = Order.objects.get(account=account, order_type="stop-loss")
+    order_cancel(order=stop, actor=ENGINE, reason="a director's limit instead", broker_factory=factory)
+    limit = order_submit(
+        account=account,
+        actor=ENGINE,
+        instrument=btc,
+        side="sell",
+        order_type="limit",
+        quantity=D("0.01"),
+        limit_price=D("60000"),
+        reason="director: take profit at 60k",
+        broker_factory=factory,
+    )
+    fake.set_price("XXBTZUSD", "51800", bid="51799.9", ask="51800.1")
+    (outcome,) = exits_evaluate(instrument=btc, bar=bar("51000", "52000"), broker_factory=factory)
+    assert "other resting sells hold the position" in outcome.problems[0]
+    limit.refresh_from_db()
+    assert limit.status == OrderStatus.OPEN
