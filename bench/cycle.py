@@ -35,8 +35,8 @@ Runs on PostgreSQL when DATABASE_URL names one (a throwaway database ``<name>_be
 and dropped here), else on a fresh SQLite file under var/. ``DEBUG`` is off, as in production. Usage:
     uv run python bench/cycle.py [--sizes 3,30,100] [--strategy rule|champion|both] [--bars 3000]
                                  [--profile] [--celery]
-The last line is the figures as name=value pairs (round seconds and ms per account for each size; with
-``both``, the champion's figures carry a ``champion_`` prefix).
+The last line is the figures as name=value pairs (round seconds, ms per account and, in-process, SQL
+statements per cycle for each size; with ``both``, the champion's figures carry a ``champion_`` prefix).
 """
 
 from __future__ import annotations
@@ -191,20 +191,32 @@ def champion_train(universe: dict) -> str:
     )
 
 
-def round_in_process(accounts: list, universe: dict, bar_open: datetime, profiler=None) -> float:
+def round_in_process(accounts: list, universe: dict, bar_open: datetime, profiler=None) -> tuple[float, int]:
+    """(seconds, SQL statements sent) of one in-process round. The statements are counted by a connection
+    wrapper (a deterministic measure where the machine is shared: the time is not)."""
+    from django.db import connection
+
     from trading.services.cycle import cycle_run
+
+    statements = 0
+
+    def count(execute, sql, params, many, context):
+        nonlocal statements
+        statements += 1
+        return execute(sql, params, many, context)
 
     instruments = [universe[pair] for pair in PAIRS]
     if profiler is not None:
         profiler.enable()
     started = time.perf_counter()
-    for instrument in instruments:  # pair by pair, as the feed's bar_closed fan-out queues them
-        for account in accounts:
-            cycle_run(account=account, instrument=instrument, bar_open_time=bar_open)
+    with connection.execute_wrapper(count):
+        for instrument in instruments:  # pair by pair, as the feed's bar_closed fan-out queues them
+            for account in accounts:
+                cycle_run(account=account, instrument=instrument, bar_open_time=bar_open)
     elapsed = time.perf_counter() - started
     if profiler is not None:
         profiler.disable()
-    return elapsed
+    return elapsed, statements
 
 
 def round_on_celery(accounts: list, universe: dict, bar_open: datetime, timeout: float = 600) -> float:
@@ -366,13 +378,14 @@ def main() -> None:
                 for mode in ("in_process", "celery") if args.celery else ("in_process",):
                     accounts = accounts_create(f"{strategy}-{mode}-{size}", size)
                     newest = history.newest()
-                    warm = round_in_process(accounts, universe, newest - timedelta(hours=1))
+                    warm, _ = round_in_process(accounts, universe, newest - timedelta(hours=1))
                     newest = history.newest()
                     feed_touch(universe, newest)
                     before = loadavg()
+                    statements = None
                     if mode == "in_process":
                         profiled = profiler if size == max(sizes) and strategy == strategies[-1] else None
-                        seconds = round_in_process(accounts, universe, newest, profiled)
+                        seconds, statements = round_in_process(accounts, universe, newest, profiled)
                     else:
                         seconds = round_on_celery(accounts, universe, newest)
                     after = loadavg()
@@ -380,6 +393,8 @@ def main() -> None:
                     label = prefix + ("" if mode == "in_process" else "celery_")
                     figures[f"{label}round_{size}_s"] = seconds
                     figures[f"{label}per_account_ms_{size}"] = per_account_ms
+                    if statements is not None:
+                        figures[f"{label}statements_per_cycle_{size}"] = statements / (size * len(PAIRS))
                     print(
                         f"[{strategy}, {mode.replace('_', '-')}] {size} accounts x {len(PAIRS)} pairs: round "
                         f"{seconds:.3f} s, {per_account_ms:.1f} ms per account, "
@@ -387,6 +402,11 @@ def main() -> None:
                         f"(warm-up round {warm:.2f} s); load {before} → {after}"
                     )
                     print(f"    {round_summary(accounts, newest)}")
+                    if statements is not None:
+                        print(
+                            f"    {statements / (size * len(PAIRS)):.1f} SQL statements per cycle "
+                            "(counted by a connection wrapper)"
+                        )
         connection.close()
     finally:
         if worker is not None:

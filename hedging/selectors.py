@@ -18,7 +18,11 @@ def hedge_params_for(*, account) -> core.HedgeParams:
     return core.HedgeParams() if policy is None else policy.to_params()
 
 
-def hedge_target_pct_for(*, account, now: datetime | None = None) -> Decimal:
+#: ``policy`` not given: the selectors read the account's hedge policy themselves.
+READ = object()
+
+
+def hedge_target_pct_for(*, account, now: datetime | None = None, policy=READ) -> Decimal:
     """The hedge target in force at ``now``, % of equity in USD (0..100).
 
     * a manual override that has not expired: its target;
@@ -27,9 +31,11 @@ def hedge_target_pct_for(*, account, now: datetime | None = None) -> Decimal:
       next evaluation records the lapse);
     * no automatic target computed yet (or no policy): the floor.
 
-    Read-only: it never writes; ``hedge_evaluate`` records expiries and new targets."""
+    Read-only: it never writes; ``hedge_evaluate`` records expiries and new targets. ``policy``: the
+    account's ``HedgePolicy`` row (``None``: it has none) when the caller has just read it."""
     now = now or platform_now()
-    policy = HedgePolicy.objects.filter(account=account).first()
+    if policy is READ:
+        policy = HedgePolicy.objects.filter(account=account).first()
     if policy is None:
         return core.HedgeParams().floor_pct
     manual = policy.mode == HedgeMode.MANUAL and policy.manual_target_pct is not None
@@ -46,11 +52,11 @@ def hedge_target_pct_for(*, account, now: datetime | None = None) -> Decimal:
     return min(policy.ceiling_pct, max(policy.floor_pct, last))
 
 
-def hedge_target_for(*, account, now: datetime | None = None) -> Decimal:
+def hedge_target_for(*, account, now: datetime | None = None, policy=READ) -> Decimal:
     """The hedge target in force as a **fraction** 0..1 (:func:`hedge_target_pct_for` / 100): the risk
     engine caps the strategy's buying power at ``equity x (1 - target)``
     (:func:`hedging.policy.buying_power_cap`)."""
-    return hedge_target_pct_for(account=account, now=now) / HUNDRED
+    return hedge_target_pct_for(account=account, now=now, policy=policy) / HUNDRED
 
 
 def hedge_snapshot_list(*, user, account=None, since=None):

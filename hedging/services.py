@@ -202,8 +202,9 @@ class _Book:
     fees: FeeRates  # the dearest taker rate of the held pairs: the plan's fee assumption
 
 
-def _closes(instrument: Instrument, *, bars: int, now: datetime) -> list[Decimal]:
-    """The closes of the last ``bars`` closed candles (``AETHER_TIMEFRAME``) that closed by ``now``."""
+def _closes(instrument: Instrument | int, *, bars: int, now: datetime) -> list[Decimal]:
+    """The closes of the last ``bars`` closed candles (``AETHER_TIMEFRAME``) that closed by ``now``
+    (``instrument``: the instrument or its id)."""
     timeframe = timedelta(minutes=settings.AETHER_TIMEFRAME)
     rows = (
         Candle.objects.filter(
@@ -225,24 +226,15 @@ _VOLATILITY_CACHE_SIZE = 256
 
 
 def _volatility_of(
-    instrument: Instrument, params: core.HedgeParams, now: datetime
+    instrument_id: int, params: core.HedgeParams, now: datetime, shape: tuple
 ) -> tuple[float, float] | None:
     """``(vol_now, vol_reference)`` of one pair, or ``None`` without enough closed candles. Measured once per
-    process for the same candles (the key holds the window's newest bar, its bars and its newest write)."""
-    bars = params.vol_lookback + params.vol_window + 1
-    timeframe = timedelta(minutes=settings.AETHER_TIMEFRAME)
-    window = Candle.objects.filter(
-        instrument=instrument,
-        timeframe=settings.AETHER_TIMEFRAME,
-        closed=True,
-        open_time__lte=now - timeframe,
-        open_time__gte=now - timeframe * (bars + 1),
-    )
-    shape = window.aggregate(last=Max("open_time"), bars=Count("id"), written=Max("updated_at"))
-    key = (instrument.pk, params.vol_window, params.vol_lookback, *shape.values())
+    process for the same candles: ``shape`` (the window's newest bar, its bars and its newest write) is part
+    of the key."""
+    key = (instrument_id, params.vol_window, params.vol_lookback, *shape)
     if key in _VOLATILITY_CACHE:
         return _VOLATILITY_CACHE[key]
-    closes = _closes(instrument, bars=bars, now=now)
+    closes = _closes(instrument_id, bars=params.vol_lookback + params.vol_window + 1, now=now)
     measured = None
     if len(closes) >= params.vol_window + 1 and all(close > 0 for close in closes):
         measured = core.volatility_inputs(closes, window=params.vol_window, lookback=params.vol_lookback)
@@ -255,21 +247,58 @@ def _volatility_of(
 def _volatilities(
     params: core.HedgeParams, symbols: set[str], now: datetime
 ) -> dict[str, tuple[float, float]]:
-    """``(vol_now, vol_reference)`` per symbol that has enough closed candles."""
+    """``(vol_now, vol_reference)`` per symbol that has enough closed candles. Every pair's window shape
+    (:func:`_volatility_of`'s cache key) is read in one grouped query; only a pair whose candles changed
+    reads them."""
+    bars = params.vol_lookback + params.vol_window + 1
+    timeframe = timedelta(minutes=settings.AETHER_TIMEFRAME)
+    shapes = (
+        Candle.objects.filter(
+            instrument__symbol__in=symbols,
+            timeframe=settings.AETHER_TIMEFRAME,
+            closed=True,
+            open_time__lte=now - timeframe,
+            open_time__gte=now - timeframe * (bars + 1),
+        )
+        .values("instrument_id", "instrument__symbol")
+        .annotate(last=Max("open_time"), bars=Count("id"), written=Max("updated_at"))
+        .order_by()
+        .values_list("instrument_id", "instrument__symbol", "last", "bars", "written")
+    )
     found = {}
-    for instrument in Instrument.objects.filter(symbol__in=symbols).order_by("symbol"):
-        measured = _volatility_of(instrument, params, now)
+    for instrument_id, symbol, *shape in sorted(shapes, key=lambda row: row[1]):
+        measured = _volatility_of(instrument_id, params, now, tuple(shape))
         if measured is not None:
-            found[instrument.symbol] = measured
+            found[symbol] = measured
     return found
 
 
-def _mark_book(account: Account, *, quotes, now: datetime, volatilities: dict) -> _Book:
+def _open_positions(account: Account, broker: str) -> list[Position]:
+    """The book's positions with ``quantity > 0``, their instrument loaded, by symbol."""
+    return list(
+        Position.objects.filter(account=account, broker=broker, quantity__gt=0)
+        .select_related("instrument")
+        .order_by("instrument__symbol")
+    )
+
+
+def _mark_book(
+    account: Account,
+    *,
+    quotes,
+    now: datetime,
+    volatilities: dict,
+    positions: list[Position] | None = None,
+) -> _Book:
+    """The book marked now; ``positions``: the book's open positions when the caller has just read them in
+    the same transaction (:func:`_open_positions`), else they are read here."""
     from risk.services import NavUnavailable, nav_mark_book
 
     broker = book_of(account)
+    if positions is None:
+        positions = _open_positions(account, broker)
     try:
-        marked = nav_mark_book(account=account, broker=broker, quotes=quotes, now=now)
+        marked = nav_mark_book(account=account, broker=broker, quotes=quotes, now=now, positions=positions)
     except NavUnavailable as exc:
         raise HedgeUnavailable(f"cannot evaluate {account}'s hedge: {exc.messages[0]}") from None
     offered = dict(
@@ -279,10 +308,7 @@ def _mark_book(account: Account, *, quotes, now: datetime, volatilities: dict) -
         .values_list("instrument__symbol", "total")
     )
     holdings, taker = [], []
-    positions = Position.objects.filter(account=account, broker=broker, quantity__gt=0).select_related(
-        "instrument"
-    )
-    for position in positions.order_by("instrument__symbol"):
+    for position in positions:
         instrument = position.instrument
         quote = quotes.quote(instrument)  # nav_mark_book refused a missing or stale one already
         vol = volatilities.get(instrument.symbol)
@@ -636,22 +662,21 @@ def hedge_evaluate(
 
     _require_director_or_platform(actor, account, "evaluate the hedge")
     quotes = quotes or DatabaseQuoteSource()
-    hedge_policy_for(account=account)
     with transaction.atomic():
         locked = _lock_account(account)
-        policy = HedgePolicy.objects.select_for_update().get(account=locked)
+        policy = HedgePolicy.objects.select_for_update().filter(account=locked).first()
+        if policy is None:  # the core's defaults, created (audited) on first use
+            hedge_policy_for(account=locked)
+            policy = HedgePolicy.objects.select_for_update().get(account=locked)
         now = now or platform_now()
         params = policy.to_params()
         problems = params.validate()
         if problems:
             raise HedgeUnavailable(f"{account}'s hedge policy is invalid: " + "; ".join(problems))
-        held = set(
-            Position.objects.filter(account=locked, broker=book_of(locked), quantity__gt=0).values_list(
-                "instrument__symbol", flat=True
-            )
-        )
+        positions = _open_positions(locked, book_of(locked))
+        held = {position.instrument.symbol for position in positions}
         volatilities = _volatilities(params, set(settings.AETHER_PAIRS) | held, now)
-        book = _mark_book(locked, quotes=quotes, now=now, volatilities=volatilities)
+        book = _mark_book(locked, quotes=quotes, now=now, volatilities=volatilities, positions=positions)
         drawdown, day_drawdown = _drawdowns(locked, book=book, params=params, now=now)
         inputs, detail = _inputs(params, volatilities, drawdown)
         try:

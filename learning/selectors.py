@@ -65,10 +65,14 @@ def champion_for(*, scope: str, timeframe: int) -> ModelVersion | None:
 
 
 def serving_champion(*, symbol: str, timeframe: int) -> ModelVersion | None:
-    """The pair's own champion, else the pooled one."""
-    return champion_for(scope=symbol, timeframe=timeframe) or champion_for(
-        scope=ModelVersion.POOLED, timeframe=timeframe
-    )
+    """The pair's own champion, else the pooled one (both read in one query; per scope, the one
+    :func:`champion_for` returns)."""
+    found: dict[str, ModelVersion] = {}
+    for version in ModelVersion.objects.filter(
+        scope__in=(symbol, ModelVersion.POOLED), timeframe=timeframe, status=ModelVersion.Status.CHAMPION
+    ):  # the model's ordering, as champion_for's first()
+        found.setdefault(version.scope, version)
+    return found.get(symbol) or found.get(ModelVersion.POOLED)
 
 
 def model_versions(*, scope: str | None = None, timeframe: int | None = None):

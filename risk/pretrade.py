@@ -57,6 +57,7 @@ from trading.models import (
     Candle,
     Instrument,
     Order,
+    OrderStatus,
     Position,
     Side,
 )
@@ -89,12 +90,16 @@ def _price_quote(quote, now: datetime) -> engine.PriceQuote:
     return engine.PriceQuote(quote.last, None if quote.is_stale(now) else quote.at)
 
 
-def _equity(*, account: Account, broker: str, quotes, now: datetime) -> Decimal | None:
+def _equity(
+    *, account: Account, broker: str, quotes, now: datetime, cash: Decimal, positions: list[Position]
+) -> Decimal | None:
     from risk.selectors import nav_latest
     from risk.services import NavUnavailable, nav_mark_book
 
     try:
-        return nav_mark_book(account=account, broker=broker, quotes=quotes, now=now).equity
+        return nav_mark_book(
+            account=account, broker=broker, quotes=quotes, now=now, cash=cash, positions=positions
+        ).equity
     except NavUnavailable as exc:
         latest = nav_latest(account=account)
         bar = timedelta(minutes=settings.AETHER_TIMEFRAME)
@@ -141,16 +146,52 @@ def _groups(*, symbols: set[str], window: int, threshold: float, now: datetime) 
     return groups
 
 
-def risk_snapshot(*, account: Account, instrument: Instrument, now=None, quotes=None) -> engine.Snapshot:
+def risk_snapshot(
+    *,
+    account: Account,
+    instrument: Instrument,
+    now=None,
+    quotes=None,
+    policy: engine.RiskPolicy | None = None,
+) -> engine.Snapshot:
     """What :func:`risk.engine.check_order` knows about ``account`` for an order on ``instrument`` (read
-    without locks: the order service re-checks funds under its own; see the module docstring)."""
+    without locks: the order service re-checks funds under its own; see the module docstring). ``policy``:
+    the account's engine policy when the caller has just read it (else it is read here)."""
+    return risk_state(account=account, instrument=instrument, now=now, quotes=quotes, policy=policy).snapshot
+
+
+@dataclass(frozen=True)
+class RiskState:
+    """The snapshot with what was read to build it and a caller may need as well (the strategy cycle)."""
+
+    snapshot: engine.Snapshot
+    #: The current book's positions with ``quantity > 0`` (their instrument loaded), by symbol.
+    positions: dict[str, Position]
+    #: The current book's orders of unknown outcome (``UNKNOWN``: Kraken may or may not hold them).
+    unresolved_orders: int
+
+
+def risk_state(
+    *,
+    account: Account,
+    instrument: Instrument,
+    now=None,
+    quotes=None,
+    policy: engine.RiskPolicy | None = None,
+    switch: engine.SwitchState | None = None,
+    account_is_current: bool = False,
+) -> RiskState:
+    """:func:`risk_snapshot` with the positions and the count of unresolved orders it read. What the caller
+    has just read is not read again: ``policy``, the account's engine policy; ``switch``, its kill switch's
+    state; ``account_is_current``, ``account`` itself (its mode and switches as they are now)."""
     from trading.quotes import DatabaseQuoteSource
 
     now = now or platform_now()
     quotes = quotes or DatabaseQuoteSource()
-    account = Account.objects.get(pk=account.pk)
+    if not account_is_current:
+        account = Account.objects.get(pk=account.pk)
     broker = book_of(account)
-    policy = engine_policy_for(account=account)
+    policy = policy or engine_policy_for(account=account)
 
     universe = Instrument.objects.filter(symbol__endswith="/USD", status=Instrument.Status.ONLINE)
     pairs = {item.symbol: pair_rules_for(item) for item in universe}
@@ -158,19 +199,21 @@ def risk_snapshot(*, account: Account, instrument: Instrument, now=None, quotes=
     positions = list(
         Position.objects.filter(account=account, broker=broker, quantity__gt=0).select_related("instrument")
     )
-    live = Order.objects.filter(account=account, broker=broker, status__in=LIVE_STATUSES)
-    offered = dict(
-        live.filter(side=Side.SELL)
-        .values("instrument__symbol")
-        .annotate(total=Sum("reserved_amount"))
-        .values_list("instrument__symbol", "total")
+    # Live orders' reservations by pair and side, and how many are of unknown outcome: one grouped read.
+    offered: dict[str, Decimal] = defaultdict(Decimal)
+    bids: dict[str, Decimal] = defaultdict(Decimal)
+    unresolved = 0
+    live = (
+        Order.objects.filter(account=account, broker=broker, status__in=LIVE_STATUSES)
+        .values("instrument__symbol", "side", "status")
+        .annotate(total=Sum("reserved_amount"), orders=Count("id"))
+        .order_by()
+        .values_list("instrument__symbol", "side", "status", "total", "orders")
     )
-    bids = dict(
-        live.filter(side=Side.BUY)
-        .values("instrument__symbol")
-        .annotate(total=Sum("reserved_amount"))
-        .values_list("instrument__symbol", "total")
-    )
+    for symbol, side, status, total, orders in live:
+        (offered if side == Side.SELL else bids)[symbol] += total or Decimal(0)
+        if status == OrderStatus.UNKNOWN:
+            unresolved += orders
 
     prices = {instrument.symbol: _price_quote(quotes.quote(instrument), now)}
     held: dict[str, Decimal] = {}
@@ -179,11 +222,11 @@ def risk_snapshot(*, account: Account, instrument: Instrument, now=None, quotes=
         symbol = position.instrument.symbol
         if symbol not in prices:
             prices[symbol] = _price_quote(quotes.quote(position.instrument), now)
-        held[symbol] = position.quantity - (offered.get(symbol) or Decimal(0))
+        held[symbol] = position.quantity - offered.get(symbol, Decimal(0))
         mark = prices[symbol].price or position.average_cost
         exposures[symbol] += position.quantity * mark
     for symbol, reserved in bids.items():
-        exposures[symbol] += reserved or Decimal(0)
+        exposures[symbol] += reserved
 
     balance = Balance.objects.filter(account=account, broker=broker, asset=QUOTE_ASSET).first()
     available = balance.available if balance is not None else Decimal(0)
@@ -204,16 +247,23 @@ def risk_snapshot(*, account: Account, instrument: Instrument, now=None, quotes=
             account=account, created_at__gte=wall - timedelta(hours=1)
         ).values_list("created_at", flat=True)
     )
-    return engine.Snapshot(
+    snapshot = engine.Snapshot(
         now=now,
         mode=engine.Mode.SIMULATION if account.simulation_mode else engine.Mode.LIVE,
         broker=broker,
         trading_enabled=account.trading_enabled,
-        switch=switch_state_for(account=account),
+        switch=switch or switch_state_for(account=account),
         pairs=pairs,
         prices=prices,
         max_price_age=timedelta(seconds=settings.MARKET_STALE_SECONDS),
-        equity=_equity(account=account, broker=broker, quotes=quotes, now=now),
+        equity=_equity(
+            account=account,
+            broker=broker,
+            quotes=quotes,
+            now=now,
+            cash=balance.total if balance is not None else Decimal(0),
+            positions=positions,
+        ),
         available_usd=available,
         held=held,
         fees=fee_rates_for(account=account, instrument=instrument),
@@ -221,6 +271,11 @@ def risk_snapshot(*, account: Account, instrument: Instrument, now=None, quotes=
         exposures=dict(exposures),
         groups=groups,
         recent_orders=recent,
+    )
+    return RiskState(
+        snapshot=snapshot,
+        positions={position.instrument.symbol: position for position in positions},
+        unresolved_orders=unresolved,
     )
 
 
@@ -309,8 +364,8 @@ def order_submit_checked(
         limit_price=limit_price,
         expected_edge_pct=expected_edge_pct,
     )
-    snapshot = risk_snapshot(account=account, instrument=instrument, now=now, quotes=quotes)
     policy = engine_policy_for(account=account)
+    snapshot = risk_snapshot(account=account, instrument=instrument, now=now, quotes=quotes, policy=policy)
     decision = engine.check_order(policy=policy, snapshot=snapshot, intent=intent)
 
     with transaction.atomic():

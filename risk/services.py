@@ -602,23 +602,40 @@ class MarkedBook:
         return self.cash + self.positions_value
 
 
-def nav_mark_book(*, account: Account, broker: str, quotes, now: datetime) -> MarkedBook:
+def nav_mark_book(
+    *,
+    account: Account,
+    broker: str,
+    quotes,
+    now: datetime,
+    cash: Decimal | None = None,
+    positions: list[Position] | None = None,
+) -> MarkedBook:
     """Mark the book (read in the caller's transaction): the whole USD balance plus every position at its
     quote's bid, less the taker fee to sell it (``risk.engine.marked_equity``). A held pair without a
-    fresh price raises :class:`NavUnavailable` naming it: no equity is better than a guessed one."""
+    fresh price raises :class:`NavUnavailable` naming it: no equity is better than a guessed one.
+
+    A caller that has just read the book itself (in the same transaction, or the same unlocked read)
+    passes what it read instead of having it read again: ``cash``, the USD balance's ``total`` (``None``:
+    read it), and ``positions``, the book's positions with ``quantity > 0`` (their ``instrument`` loaded;
+    ``None``: read them)."""
     from trading.selectors import fee_rates_for
 
-    cash = (
-        Balance.objects.filter(account=account, broker=broker, asset=QUOTE_ASSET)
-        .values_list("total", flat=True)
-        .first()
-    ) or Decimal(0)
+    if cash is None:
+        cash = (
+            Balance.objects.filter(account=account, broker=broker, asset=QUOTE_ASSET)
+            .values_list("total", flat=True)
+            .first()
+        ) or Decimal(0)
+    if positions is None:
+        positions = list(
+            Position.objects.filter(account=account, broker=broker, quantity__gt=0).select_related(
+                "instrument"
+            )
+        )
     positions_value = Decimal(0)
     problems = []
-    positions = Position.objects.filter(account=account, broker=broker, quantity__gt=0).select_related(
-        "instrument"
-    )
-    for position in positions.order_by("instrument__symbol"):
+    for position in sorted(positions, key=lambda item: item.instrument.symbol):
         instrument = position.instrument
         quote = quotes.quote(instrument)
         if quote is None:
@@ -660,14 +677,15 @@ def nav_snapshot_record(
     if reason not in NavSnapshot.Reason.values:
         raise ValidationError(f"NAV snapshot reason must be one of {', '.join(NavSnapshot.Reason.values)}")
     quotes = quotes or DatabaseQuoteSource()
-    risk_policy_for(account=account)  # created (its own transaction) before the locks are taken
     with transaction.atomic():
         locked = _lock_account(account)
         switch = _lock_switch(locked)
         # Read under the lock: a snapshot that waited for another one is marked after it, never before
-        # (it would be refused as out of order), and with the policy as it is now.
+        # (it would be refused as out of order), and with the policy as it is now (created with the
+        # engine's defaults, audited, on first use).
         now = now or platform_now()
-        policy = RiskPolicy.objects.get(account=locked).to_engine()
+        policy_row = RiskPolicy.objects.filter(account=locked).first() or risk_policy_for(account=locked)
+        policy = policy_row.to_engine()
         broker = book_of(locked)
         book = nav_mark_book(account=locked, broker=broker, quotes=quotes, now=now)
         try:

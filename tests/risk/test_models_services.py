@@ -544,3 +544,42 @@ def test_the_nav_list_is_scoped_and_reads_in_a_fixed_number_of_queries(firm, dja
         rows = [(row.account.slug, row.equity) for row in nav_snapshot_list(user=firm.viewer)]
     assert rows == [("alice", D("100"))] * 3
     assert {row.account.slug for row in nav_snapshot_list(user=firm.outsider)} == {"bob"}
+
+
+def test_a_book_the_caller_already_read_marks_the_same_as_one_read_here(firm, universe):
+    from risk.services import MarkedBook, nav_mark_book
+
+    account = firm.alice_account
+    Balance.objects.create(account=account, broker="sim", asset="USD", total=D("1000"), reserved=D("100"))
+    Position.objects.create(account=account, broker="sim", instrument=universe["ETH/USD"], quantity=D("2"))
+    Position.objects.create(account=account, broker="sim", instrument=universe["BTC/USD"], quantity=D("0.5"))
+    quotes = quotes_at(BTC="20000", ETH="1000.05")
+    read_here = nav_mark_book(account=account, broker="sim", quotes=quotes, now=NOW)
+    positions = list(Position.objects.filter(account=account, broker="sim").select_related("instrument"))
+    given = nav_mark_book(
+        account=account, broker="sim", quotes=quotes, now=NOW, cash=D("1000"), positions=positions
+    )
+    assert given == read_here
+    assert read_here.cash == D("1000")
+    assert read_here.positions_value > D("11900")
+    # What the caller passes is what is marked (nothing is read again): another cash, no positions.
+    assert nav_mark_book(
+        account=account, broker="sim", quotes=quotes, now=NOW, cash=D("5"), positions=[]
+    ) == MarkedBook(broker="sim", cash=D("5"), positions_value=D(0))
+    # A given position without a price still fails loudly.
+    with pytest.raises(NavUnavailable, match=r"BTC/USD: no price to mark 0.5"):
+        nav_mark_book(
+            account=account, broker="sim", quotes=quotes_at(ETH="1000"), now=NOW, positions=positions
+        )
+
+
+def test_the_first_snapshot_creates_the_policy_with_the_engines_defaults_audited(firm):
+    account = firm.alice_account
+    Balance.objects.create(account=account, broker="sim", asset="USD", total=D("1000"))
+    assert not RiskPolicy.objects.filter(account=account).exists()
+    snapshot = nav_snapshot_record(
+        account=account, actor=SCHEDULE, reason="schedule", now=NOW, quotes=quotes_at()
+    )
+    assert snapshot.equity == D("1000")
+    assert RiskPolicy.objects.get(account=account).to_engine() == engine.RiskPolicy()
+    assert actions(account).count("risk_policy.created") == 1

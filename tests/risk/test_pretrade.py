@@ -308,3 +308,70 @@ def test_the_order_rate_counts_wall_clock_ages_on_the_replays_clock(book):
     assert timedelta(0) <= replay_now - placed < timedelta(minutes=1)
     Order.objects.filter(account=account).update(created_at=timezone.now() - timedelta(hours=2))
     assert risk_snapshot(account=account, instrument=btc, quotes=quotes, now=replay_now).recent_orders == ()
+
+
+def test_the_risk_state_holds_the_snapshot_its_positions_and_the_unresolved_orders(book):
+    from dataclasses import replace
+
+    from risk.pretrade import risk_state
+    from risk.selectors import engine_policy_for
+    from risk.services import nav_mark_book
+
+    account, btc, quotes = book
+    checked(book, qty="0.1")
+    Order.objects.create(
+        account=account,
+        instrument=btc,
+        broker="sim",
+        client_order_id="lost-in-flight",
+        side="sell",
+        order_type="limit",
+        quantity=D("0.01"),
+        limit_price=D("60000"),
+        reserved_amount=D("0.01"),
+        status=OrderStatus.UNKNOWN,
+        placed_by="system:test",
+    )
+    now = timezone.now()
+    state = risk_state(account=account, instrument=btc, quotes=quotes, now=now)
+    position = Position.objects.get(account=account, broker="sim", instrument=btc)
+    assert set(state.positions) == {"BTC/USD"}
+    assert state.positions["BTC/USD"].quantity == position.quantity
+    assert state.unresolved_orders == 1
+    # An order of unknown outcome still reserves what it may sell.
+    assert state.snapshot.held == {"BTC/USD": position.quantity - D("0.01")}
+    # The equity is the book marked now (from the rows the state read), as the NAV service marks it.
+    assert (
+        state.snapshot.equity == nav_mark_book(account=account, broker="sim", quotes=quotes, now=now).equity
+    )
+
+    # The public snapshot is the same; a policy the caller read is used as given. (Recent orders are
+    # dated by their wall-clock age, so only their number is compared.)
+    def same(snapshot):
+        return replace(snapshot, recent_orders=len(snapshot.recent_orders))
+
+    assert same(risk_snapshot(account=account, instrument=btc, quotes=quotes, now=now)) == same(
+        state.snapshot
+    )
+    policy = engine_policy_for(account=account)
+    given = risk_state(
+        account=Account.objects.get(pk=account.pk),
+        instrument=btc,
+        quotes=quotes,
+        now=now,
+        policy=policy,
+        account_is_current=True,
+    )
+    assert same(given.snapshot) == same(state.snapshot)
+    Order.objects.filter(client_order_id="lost-in-flight").update(status=OrderStatus.CANCELED)
+    assert risk_state(account=account, instrument=btc, quotes=quotes, now=now).unresolved_orders == 0
+
+
+def test_the_snapshot_reads_the_account_in_a_fixed_number_of_queries(book, django_assert_num_queries):
+    account, btc, quotes = book
+    checked(book, qty="0.1")
+    risk_snapshot(account=account, instrument=btc, quotes=quotes)  # the groups' cache is warm
+    # account, policy, universe, positions, live orders, balance, groups' shape, recent orders, switch,
+    # fee tier of the pair, and one fee tier per held pair for its mark
+    with django_assert_num_queries(11):
+        risk_snapshot(account=account, instrument=btc, quotes=quotes)
