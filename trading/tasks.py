@@ -47,10 +47,12 @@ def bar_closed(instrument_id: int, bar_open_time: str) -> int:
     candle = Candle.objects.get(
         instrument=instrument, timeframe=settings.AETHER_TIMEFRAME, open_time=opened, closed=True
     )
-    sim_orders_match_bar(instrument=instrument, bar=candle_bar(candle), actor=SystemActor("sim_broker"))
     ids = list(Account.objects.order_by("pk").values_list("pk", flat=True))
-    for account_id in ids:
-        cycle_run.delay(account_id, instrument_id, bar_open_time)
+    try:
+        sim_orders_match_bar(instrument=instrument, bar=candle_bar(candle), actor=SystemActor("sim_broker"))
+    finally:  # a matching failure (raised, and logged by Celery) never costs the bar its cycles
+        for account_id in ids:
+            cycle_run.delay(account_id, instrument_id, bar_open_time)
     return len(ids)
 
 
@@ -84,16 +86,26 @@ def cycle_run(self, account_id: int, instrument_id: int, bar_open_time: str) -> 
 
     account = Account.objects.get(pk=account_id)
     instrument = Instrument.objects.get(pk=instrument_id)
+    # Busy and transient retries are counted apart: waiting for another cycle's lease must not use up
+    # the retries a database or broker hiccup is allowed.
+    headers = self.request.headers or {}
+    transient = int(headers.get("aether_transient_retries", 0))
     try:
         cycle = run(
             account=account, instrument=instrument, bar_open_time=datetime.fromisoformat(bar_open_time)
         )
     except CycleBusy as exc:
-        raise self.retry(exc=exc, countdown=settings.CYCLE_BUSY_RETRY_SECONDS) from exc
+        raise self.retry(
+            exc=exc,
+            countdown=settings.CYCLE_BUSY_RETRY_SECONDS,
+            headers={"aether_transient_retries": transient},
+        ) from exc
     except (OperationalError, InterfaceError, PrivateLockError, BrokerUnavailable) as exc:
-        if self.request.retries >= CYCLE_TRANSIENT_RETRIES:
+        if transient >= CYCLE_TRANSIENT_RETRIES:
             raise
-        raise self.retry(exc=exc, countdown=2 ** (self.request.retries + 1)) from exc
+        raise self.retry(
+            exc=exc, countdown=2 ** (transient + 1), headers={"aether_transient_retries": transient + 1}
+        ) from exc
     return f"{account.slug} {instrument.symbol} {bar_open_time}: {cycle.status} ({cycle.reason[:120]})"
 
 

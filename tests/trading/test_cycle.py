@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from django.utils import timezone
 
+from governance.actors import SystemActor
 from risk.services import killswitch_halt
 from tests.learning.conftest import store
 from tests.learning.synthetic import candles
@@ -355,3 +356,187 @@ def test_the_hedge_is_evaluated_when_the_previous_cycle_of_the_bar_did_not_evalu
         cycle = run(funded, bars)
         assert hedge_calls == [funded.pk], status
         assert "evaluated_by" not in hedge_record(cycle)
+
+
+def nav_record(cycle) -> dict:
+    return next(item for item in cycle.decisions if item["kind"] == "nav")
+
+
+def cycle_snapshots(account) -> int:
+    from risk.models import NavSnapshot
+
+    return NavSnapshot.objects.filter(account=account, reason="cycle").count()
+
+
+def test_the_nav_is_recorded_once_per_account_and_bar_when_no_cycle_trades(funded, firm, bars, monkeypatch):
+    monkeypatch.setattr(cycle_service, "_strategy_for", lambda account: AlwaysHold())
+    first = run(funded, bars)
+    assert cycle_snapshots(funded) == 1
+    assert D(nav_record(first)["equity"]) > 0
+    second = run(funded, bars, instrument=bars["eth"])
+    assert cycle_snapshots(funded) == 1  # not again: the book did not change since the first cycle's
+    assert nav_record(second)["recorded_by"] == first.pk
+    assert f"cycle #{first.pk}" in nav_record(second)["summary"]
+    assert second.status == CycleStatus.DONE
+    # Another account's first cycle on the same bar records its own.
+    run(firm.bob_account, bars, instrument=bars["eth"])
+    assert cycle_snapshots(firm.bob_account) == 1
+    # The next bar's first cycle records again.
+    previous = bars["bar"] - timedelta(hours=1)
+    Cycle.objects.filter(account=funded).update(bar_open_time=previous)  # the bar above was the one before
+    third = run(funded, bars)
+    assert cycle_snapshots(funded) == 2
+    assert "equity" in nav_record(third)
+
+
+def test_a_cycle_that_places_an_order_records_the_nav_again(funded, bars, monkeypatch):
+    monkeypatch.setattr(cycle_service, "_strategy_for", lambda account: AlwaysHold())
+    run(funded, bars)
+    monkeypatch.setattr(cycle_service, "_strategy_for", lambda account: AlwaysEnter())
+    traded = run(funded, bars, instrument=bars["eth"])
+    assert Order.objects.filter(account=funded, instrument=bars["eth"]).exists()
+    assert cycle_snapshots(funded) == 2
+    assert "recorded_by" not in nav_record(traded)
+    # The kill switch saw the equity after the fill (the cycle's snapshot is marked after its orders).
+    from risk.models import NavSnapshot
+
+    latest = NavSnapshot.objects.filter(account=funded, reason="cycle").order_by("-taken_at", "-id").first()
+    assert latest.positions_value > 0
+    # A cycle relying on the traded one names it.
+    monkeypatch.setattr(cycle_service, "_strategy_for", lambda account: AlwaysHold())
+    Cycle.objects.filter(account=funded, instrument=bars["btc"]).delete()
+    after = run(funded, bars)
+    assert nav_record(after)["recorded_by"] == traded.pk
+    assert cycle_snapshots(funded) == 2
+
+
+def test_the_nav_is_recorded_when_the_previous_cycle_of_the_bar_did_not_record_it(funded, bars, monkeypatch):
+    monkeypatch.setattr(cycle_service, "_strategy_for", lambda account: AlwaysHold())
+    now = timezone.now()
+    for status, decisions in [
+        (CycleStatus.FAILED, []),  # a failed cycle may have stopped before its snapshot
+        (CycleStatus.DONE, [{"kind": "nav", "problem": "BTC/USD: the last price is stale"}]),
+        (CycleStatus.DONE, [{"kind": "hedge", "summary": "target 10 %"}]),  # no NAV record at all
+    ]:
+        Cycle.objects.filter(account=funded).delete()
+        Cycle.objects.create(
+            account=funded,
+            instrument=bars["eth"],
+            timeframe=60,
+            bar_open_time=bars["bar"],
+            broker="sim",
+            status=status,
+            decisions=decisions,
+            started_at=now - timedelta(seconds=2),
+            lease_until=now - timedelta(seconds=1),
+            finished_at=now - timedelta(seconds=1),
+        )
+        before = cycle_snapshots(funded)
+        cycle = run(funded, bars)
+        assert cycle_snapshots(funded) == before + 1, (status, decisions)
+        assert "equity" in nav_record(cycle)
+
+
+def test_a_cycle_that_relies_on_the_bars_hedge_and_nav_reads_a_bounded_number_of_rows(
+    funded, firm, bars, monkeypatch, django_assert_max_num_queries
+):
+    """What a no-trade cycle after the account's first on the bar costs in statements: the claim (3, in a
+    savepoint here), the bar, the account with its policies, switch and thresholds (one read), exits, the
+    champion, the risk state (9, with the quote), the hedge target, the look at the bar's previous cycle
+    and the finish. The pair's market inputs are computed once per bar for every account."""
+    monkeypatch.setattr(cycle_service, "_strategy_for", lambda account: AlwaysHold())
+    run(funded, bars)
+    run(firm.bob_account, bars, instrument=bars["eth"])  # the bar's ETH inputs, as another account's cycle
+    with django_assert_max_num_queries(20):
+        second = run(funded, bars, instrument=bars["eth"])
+    assert "recorded_by" in nav_record(second)
+    assert "evaluated_by" in hedge_record(second)
+
+
+def test_a_matching_failure_does_not_cost_the_bar_its_cycles(funded, bars, celery_sent, monkeypatch):
+    from trading import tasks
+    from trading.services import orders
+
+    def broken(**kwargs):
+        raise RuntimeError("matching failed (test)")
+
+    monkeypatch.setattr(orders, "sim_orders_match_bar", broken)
+    with pytest.raises(RuntimeError, match="matching failed"):
+        tasks.bar_closed(bars["btc"].pk, bars["bar"].isoformat())
+    assert len([name for name, _, _ in celery_sent if name == "trading.cycle_run"]) == 3
+
+
+def test_transient_retries_are_capped_apart_from_waiting_for_a_lease(funded, bars, monkeypatch):
+    from celery.exceptions import Retry
+    from django.db import OperationalError
+
+    from trading import tasks
+
+    def down(**kwargs):
+        raise OperationalError("database restarting (test)")
+
+    monkeypatch.setattr(cycle_service, "cycle_run", down)
+    args = (funded.pk, bars["btc"].pk, bars["bar"].isoformat())
+    with pytest.raises(Retry):
+        tasks.cycle_run.apply(args=args, headers={"aether_transient_retries": 2}, throw=True).get()
+    with pytest.raises(OperationalError):
+        tasks.cycle_run.apply(args=args, headers={"aether_transient_retries": 3}, throw=True).get()
+
+
+def test_a_broker_that_refuses_the_fan_out_is_logged_not_raised(bars, monkeypatch, caplog):
+    from trading import tasks
+    from trading.services.market import _queue_bar_closed
+
+    def refused(*args, **kwargs):
+        raise ConnectionError("broker down (test)")
+
+    monkeypatch.setattr(tasks.bar_closed, "delay", refused)
+    _queue_bar_closed(bars["btc"].pk, bars["bar"])()
+    assert "could not queue trading.bar_closed" in caplog.text
+
+
+def test_a_resumed_cycle_never_sends_what_it_decided_again_when_its_first_attempt_placed_orders(
+    funded, bars, monkeypatch
+):
+    """The first attempt placed cy<pk>-0 and died; the book changed meanwhile, so the resumed attempt may
+    decide something else. Its ids are taken: it sends nothing and says so."""
+    monkeypatch.setattr(cycle_service, "_strategy_for", lambda account: AlwaysEnter())
+    cycle = run(funded, bars)
+    order = Order.objects.get(account=funded)
+    # The position is sold by hand (the director), and the worker had "died" before finishing.
+    from trading.services.orders import order_submit
+
+    order_submit(
+        account=funded,
+        actor=SystemActor("test_director"),
+        instrument=bars["btc"],
+        side="sell",
+        order_type="market",
+        quantity=order.filled_quantity,
+        quotes=fresh_quotes(bars),
+    )
+    Cycle.objects.filter(pk=cycle.pk).update(
+        status=CycleStatus.RUNNING, lease_until=timezone.now() - timedelta(seconds=1), finished_at=None
+    )
+    resumed = run(funded, bars)
+    assert Order.objects.filter(account=funded).count() == 2  # the first buy and the director's sell
+    resumed_record = next(item for item in resumed.decisions if item["kind"] == "resumed")
+    assert resumed_record["orders"][0]["client_order_id"] == f"cy{cycle.pk}-0"
+    assert "not sent" in resumed_record["summary"]
+
+
+def test_a_hedge_that_cannot_be_evaluated_is_a_problem_on_the_cycle_and_the_nav_is_still_recorded(
+    funded, bars, monkeypatch
+):
+    from hedging import services as hedging_services
+
+    def unavailable(**kwargs):
+        raise hedging_services.HedgeUnavailable("no volatility inputs for SOL/USD (test)")
+
+    monkeypatch.setattr(hedging_services, "hedge_evaluate", unavailable)
+    cycle = run(funded, bars)
+    assert cycle.status in (CycleStatus.DONE, CycleStatus.SKIPPED)
+    hedge = next(item for item in cycle.decisions if item["kind"] == "hedge")
+    assert "no volatility inputs" in hedge["problem"]
+    nav = next(item for item in cycle.decisions if item["kind"] == "nav")
+    assert D(nav["equity"]) > 0

@@ -15,7 +15,9 @@
 4. **Orders**: each intent goes through :func:`risk.pretrade.order_submit_checked` (checked again on fresh
    state, committed before any network call).
 5. **Hedge** (the account's hedge policy, when the hedging app decides a rebalance is due) and a **NAV
-   snapshot** (which also feeds the kill switch).
+   snapshot** (which also feeds the kill switch): each once per account and bar, and again after a cycle
+   that placed an order (fills queue their own snapshot too, and beat records one every
+   ``NAV_SNAPSHOT_EVERY_SECONDS``).
 
 Everything the cycle decided, with reasons and order ids, is stored on the row (visible in the admin), and
 the row says which strategy ran and why. Must not run inside a transaction (orders commit first).
@@ -24,20 +26,23 @@ the row says which strategy ran and why. Must not run inside a transaction (orde
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
+from django.core.exceptions import ObjectDoesNotExist
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import Account
 from governance.actors import SystemActor
 from trading.brokers.base import Side
 from trading.clock import platform_now
-from trading.models import Candle, Cycle, CycleStatus, Instrument, Order, OrderStatus, OrderType, Position
+from trading.models import Candle, Cycle, CycleStatus, Instrument, Order, OrderType, Position
 from trading.quotes import candle_bar
 from trading.selectors import book_of, pair_rules_for
 
@@ -69,17 +74,33 @@ def _claim(
     lease = timedelta(seconds=settings.CYCLE_LEASE_SECONDS)
     with transaction.atomic():
         locked = Account.objects.select_for_update(no_key=True).get(pk=account.pk)
-        cycle = (
+        # This cycle's row and every running cycle of the account holding a lease, in one read.
+        this = Q(instrument=instrument, timeframe=timeframe, bar_open_time=bar_open_time)
+        rows = list(
             Cycle.objects.select_for_update()
-            .filter(account=locked, instrument=instrument, timeframe=timeframe, bar_open_time=bar_open_time)
-            .first()
+            .filter(this | Q(status=CycleStatus.RUNNING, lease_until__gt=now), account=locked)
+            .order_by("started_at", "pk")
+        )
+        cycle = next(
+            (
+                row
+                for row in rows
+                if row.instrument_id == instrument.pk
+                and row.timeframe == timeframe
+                and row.bar_open_time == bar_open_time
+            ),
+            None,
         )
         if cycle is not None and cycle.status in (CycleStatus.DONE, CycleStatus.SKIPPED):
             return cycle, False
-        others = Cycle.objects.filter(account=locked, status=CycleStatus.RUNNING, lease_until__gt=now)
-        if cycle is not None:
-            others = others.exclude(pk=cycle.pk)
-        holder = others.order_by("started_at").first()
+        holder = next(
+            (
+                row
+                for row in rows
+                if row is not cycle and row.status == CycleStatus.RUNNING and row.lease_until > now
+            ),
+            None,
+        )
         if holder is not None:
             raise CycleBusy(f"{account.slug}: cycle #{holder.pk} ({holder.instrument}) holds the lease")
         if cycle is not None and cycle.status == CycleStatus.RUNNING and cycle.lease_until > now:
@@ -147,6 +168,7 @@ class MarketInputs:
 
 _MARKET_CACHE: dict[tuple, MarketInputs] = {}
 _MARKET_CACHE_SIZE = 64
+_MARKET_CACHE_LOCK = threading.Lock()
 
 
 def _market_inputs(instrument: Instrument, timeframe: int, candle: Candle) -> MarketInputs:
@@ -173,19 +195,20 @@ def _market_inputs(instrument: Instrument, timeframe: int, candle: Candle) -> Ma
         atr=average_true_range(bars),
         realised_volatility=log_return_volatility([item.close for item in bars]),
     )
-    if len(_MARKET_CACHE) >= _MARKET_CACHE_SIZE:
-        _MARKET_CACHE.pop(next(iter(_MARKET_CACHE)))
-    _MARKET_CACHE[key] = inputs
+    with _MARKET_CACHE_LOCK:  # worker threads share the cache
+        while len(_MARKET_CACHE) >= _MARKET_CACHE_SIZE:
+            _MARKET_CACHE.pop(next(iter(_MARKET_CACHE)), None)
+        _MARKET_CACHE[key] = inputs
     return inputs
 
 
 def _strategy_for(account: Account):
-    from learning.models import StrategyThresholds
     from learning.services import thresholds_ensure
     from trading.strategy import ChampionStrategy, ChampionThresholds, DefaultStrategy
 
-    # A plain read; only an account's first cycle takes the lock to create the defaults (audited).
-    row = StrategyThresholds.objects.filter(account=account).only("entry_probability").first()
+    # Read with the account (``ACCOUNT_STATE``); only an account's first cycle takes the lock to create the
+    # defaults (audited).
+    row = _related(account, "strategy_thresholds")
     if row is None:
         row = thresholds_ensure(actor=CYCLE, account=account)
     return DefaultStrategy(
@@ -229,7 +252,20 @@ def _holding(position: Position | None):
 def _hedge_target(account: Account, now: datetime) -> Decimal:
     from hedging.selectors import hedge_target_for
 
-    return hedge_target_for(account=account, now=now)
+    return hedge_target_for(account=account, now=now, policy=_related(account, "hedge_policy"))
+
+
+#: The account's one-to-one rows the cycle reads with the account (``select_related``).
+ACCOUNT_STATE = ("risk_policy", "kill_switch", "hedge_policy", "strategy_thresholds")
+
+
+def _related(account: Account, name: str):
+    """The account's one-to-one row ``name`` (loaded with it: see ``ACCOUNT_STATE``), ``None`` when it has
+    none."""
+    try:
+        return getattr(account, name)
+    except ObjectDoesNotExist:
+        return None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -270,9 +306,9 @@ def cycle_run(
     """Run (or return, when already done) the cycle of ``account`` on ``instrument``'s closed bar opened at
     ``bar_open_time``; see the module docstring. Raises :class:`CycleBusy` while another cycle of the account
     runs; any other error marks the cycle ``failed`` (with the error) and is raised."""
+    from risk import engine
     from risk.exits import exits_evaluate
-    from risk.pretrade import order_submit_checked, risk_snapshot
-    from risk.selectors import engine_policy_for
+    from risk.pretrade import order_submit_checked, risk_state
     from risk.services import NavUnavailable, nav_snapshot_record
     from trading.cycle_core import decide
 
@@ -300,8 +336,9 @@ def cycle_run(
                 f"{instrument.symbol}: no closed {timeframe}m bar opened at {bar_open_time.isoformat()}"
             )
         bar = candle_bar(candle)
-        account = Account.objects.get(pk=account.pk)  # the mode and switches as they are now
-        broker = book_of(account)
+        # The mode and switches as they are now, with the account's risk and hedge policies, kill switch
+        # and strategy thresholds (one read; what the decision below reads of them).
+        account = Account.objects.select_related(*ACCOUNT_STATE).get(pk=account.pk)
 
         # 2. Exits of the open position, by the risk service (one evaluation per bar).
         exit_orders = False
@@ -324,9 +361,20 @@ def cycle_run(
         # 3. Decide.
         inputs = _market_inputs(instrument, timeframe, candle)
         market = _market_view(inputs)
-        position = Position.objects.filter(account=account, broker=broker, instrument=instrument).first()
-        snapshot = risk_snapshot(account=account, instrument=instrument, now=now, quotes=quotes)
-        unresolved = Order.objects.filter(account=account, broker=broker, status=OrderStatus.UNKNOWN).count()
+        risk_policy, switch = _related(account, "risk_policy"), _related(account, "kill_switch")
+        policy = engine.RiskPolicy() if risk_policy is None else risk_policy.to_engine()  # engine_policy_for
+        state = risk_state(
+            account=account,
+            instrument=instrument,
+            now=now,
+            quotes=quotes,
+            policy=policy,
+            switch=engine.SwitchState() if switch is None else switch.to_engine(),  # as switch_state_for
+            account_is_current=True,
+        )
+        snapshot = state.snapshot
+        position = state.positions.get(instrument.symbol)
+        unresolved = state.unresolved_orders
         if unresolved:
             # Orders Kraken may or may not hold: no new exposure until reconciliation resolves them.
             snapshot = replace(snapshot, trading_enabled=False)
@@ -334,7 +382,7 @@ def cycle_run(
         from trading.cycle_core import BarView
 
         decision = decide(
-            policy=engine_policy_for(account=account),
+            policy=policy,
             pair=pair_rules_for(instrument),
             snapshot=snapshot,
             bar=BarView(
@@ -378,8 +426,30 @@ def cycle_run(
             }
         )
 
-        # 4. Orders, each checked again on fresh state and committed before any network call.
-        for index, intent in enumerate(decision.intents):
+        # 4. Orders, each checked again on fresh state and committed before any network call. A cycle
+        # resumed after a dead worker that had already placed orders places none: it decided again on a
+        # changed book, and its ids (cy<pk>-<n>) are taken by what the first attempt sent.
+        already = (
+            list(
+                Order.objects.filter(account=account, client_order_id__startswith=f"cy{cycle.pk}-")
+                .order_by("client_order_id")
+                .values("pk", "client_order_id", "side", "status")
+            )
+            if cycle.attempts > 1
+            else []
+        )
+        if already and decision.intents:
+            records.append(
+                {
+                    "kind": "resumed",
+                    "summary": (
+                        f"an earlier attempt of this cycle placed {len(already)} order(s); the "
+                        f"{len(decision.intents)} intent(s) decided now are not sent"
+                    ),
+                    "orders": [{**item, "order_id": item.pop("pk")} for item in already],
+                }
+            )
+        for index, intent in enumerate(() if already else decision.intents):
             client_order_id = f"cy{cycle.pk}-{index}"
             submitted_at = time.perf_counter()
             result = order_submit_checked(
@@ -398,10 +468,11 @@ def cycle_run(
             )
             records.append(_intent_record(intent, result, client_order_id, submitted_at))
 
-        # 5. Hedge (once per account and bar, again after a cycle that traded), then the NAV snapshot
-        # (which feeds the kill switch).
-        evaluated_by = None if exit_orders or _placed(records) else _hedge_evaluated_by(cycle)
-        if evaluated_by is None:
+        # 5. Hedge and NAV snapshot (which feeds the kill switch): each once per account and bar, and again
+        # after a cycle that placed an order; see _done_on_this_bar.
+        traded = exit_orders or _placed(records)
+        hedged_by, nav_by = (None, None) if traded else _done_on_this_bar(cycle)
+        if hedged_by is None:
             records.extend(
                 _hedge(account=account, actor=actor, now=now, quotes=quotes, broker_factory=broker_factory)
             )
@@ -409,25 +480,35 @@ def cycle_run(
             records.append(
                 {
                     "kind": "hedge",
-                    "summary": f"evaluated on this bar by cycle #{evaluated_by}; this cycle placed no order",
-                    "evaluated_by": evaluated_by,
+                    "summary": f"evaluated on this bar by cycle #{hedged_by}; this cycle placed no order",
+                    "evaluated_by": hedged_by,
                 }
             )
-        # The snapshot reads the clock under its own lock (unless a caller fixed it): one queued by a fill
-        # meanwhile must not make this one "older than the last".
-        try:
-            nav = nav_snapshot_record(
-                account=account, actor=actor, reason="cycle", now=given_now, quotes=quotes
+        if nav_by is not None:
+            records.append(
+                {
+                    "kind": "nav",
+                    "summary": f"recorded on this bar by cycle #{nav_by}; this cycle placed no order",
+                    "recorded_by": nav_by,
+                }
             )
-        except NavUnavailable as exc:  # e.g. a held pair without a fresh price: reported, not a failed cycle
-            records.append({"kind": "nav", "problem": str(exc)})
         else:
-            records.append({"kind": "nav", "equity": str(nav.equity), "drawdown_pct": str(nav.drawdown_pct)})
+            # The snapshot reads the clock under its own lock (unless a caller fixed it): one queued by a
+            # fill meanwhile must not make this one "older than the last".
+            try:
+                nav = nav_snapshot_record(
+                    account=account, actor=actor, reason="cycle", now=given_now, quotes=quotes
+                )
+            except NavUnavailable as exc:  # e.g. a held pair without a fresh price: reported, not failed
+                records.append({"kind": "nav", "problem": str(exc)})
+            else:
+                records.append(
+                    {"kind": "nav", "equity": str(nav.equity), "drawdown_pct": str(nav.drawdown_pct)}
+                )
     except Exception as exc:
         _finish(cycle, status=CycleStatus.FAILED, started=started, error=f"{type(exc).__name__}: {exc}")
         raise
-    placed = any(item.get("kind") == "order" and item.get("order_id") for item in records)
-    status = CycleStatus.SKIPPED if decision.skip is not None and not placed else CycleStatus.DONE
+    status = CycleStatus.SKIPPED if decision.skip is not None and not _placed(records) else CycleStatus.DONE
     return _finish(cycle, status=status, started=started)
 
 
@@ -436,16 +517,19 @@ def _placed(records: list[dict]) -> bool:
     return any(item.get("order_id") for item in records if item.get("kind") in ("order", "exit"))
 
 
-def _hedge_evaluated_by(cycle: Cycle) -> int | None:
-    """The cycle of the same account and bar (on another traded pair) that leaves the hedge evaluated since
-    the book last changed, or None when this cycle must evaluate it.
+def _done_on_this_bar(cycle: Cycle) -> tuple[int | None, int | None]:
+    """(the cycle that leaves the hedge evaluated, the cycle that leaves the NAV recorded) on this cycle's
+    account and bar since the book last changed; ``None`` where this cycle must do it.
 
-    The hedge is evaluated once per account and bar, and again by every cycle that placed an order: a cycle
-    that placed none changed nothing the hedge reads (the book; the bar's closed candles are the same), so
-    it relies on the account's previous finished cycle of the bar when that one evaluated the hedge or
-    itself relied on an earlier one. Cycles of one account never overlap, so "previous" is by finishing
-    time. What else moves the book between two cycles of one bar (a director's order, a resting order
-    filled) is seen by the next bar's first cycle, as it was between bars before."""
+    The hedge is evaluated and the NAV snapshot recorded once per account and bar, and again by every cycle
+    that placed an order: a cycle that placed none changed nothing the hedge reads (the book; the bar's
+    closed candles are the same), so it relies on the account's previous finished cycle of the bar when
+    that one did the work or itself relied on an earlier one (a hedge or NAV record with a problem, or
+    none, does not count). Cycles of one account never overlap, so "previous" is by finishing time. What
+    else moves the book between two cycles of one bar (a director's order, a resting order filled) is seen
+    by the next bar's first cycle, as it was between bars before; every fill also queues its own NAV
+    snapshot (``risk.nav_snapshot``), and beat records one every ``NAV_SNAPSHOT_EVERY_SECONDS``, so the
+    kill switch sees the equity between bars as well."""
     previous = (
         Cycle.objects.filter(
             account_id=cycle.account_id,
@@ -460,20 +544,38 @@ def _hedge_evaluated_by(cycle: Cycle) -> int | None:
         .first()
     )
     if previous is None:
-        return None
+        return None, None
     pk, decisions = previous
-    hedge = next((item for item in decisions or () if item.get("kind") == "hedge"), None)
-    if hedge is None or "summary" not in hedge or hedge.get("problem"):
+    return (
+        _done_by(pk, decisions, kind="hedge", done="summary", relied="evaluated_by"),
+        _done_by(pk, decisions, kind="nav", done="equity", relied="recorded_by"),
+    )
+
+
+def _done_by(pk: int, decisions, *, kind: str, done: str, relied: str) -> int | None:
+    """The cycle that did ``kind``'s work according to cycle ``pk``'s ``decisions``: ``pk`` itself when its
+    record shows the work done (``done`` present, no problem), the cycle it relied on (``relied``), or
+    ``None``."""
+    record = next((item for item in decisions or () if item.get("kind") == kind), None)
+    if record is None or record.get("problem"):
         return None
-    return hedge.get("evaluated_by") or pk
+    if record.get(relied):
+        return record[relied]
+    return pk if done in record else None
 
 
 def _hedge(*, account: Account, actor, now: datetime, quotes, broker_factory) -> list[dict]:
-    from hedging.services import hedge_evaluate
+    """The hedge's evaluation; one that cannot be made (no price, no volatility, a policy problem) is
+    recorded as a problem on the cycle and logged, and the NAV snapshot after it still runs."""
+    from hedging.services import HedgeUnavailable, hedge_evaluate
 
-    outcome = hedge_evaluate(
-        account=account, actor=actor, now=now, quotes=quotes, broker_factory=broker_factory
-    )
+    try:
+        outcome = hedge_evaluate(
+            account=account, actor=actor, now=now, quotes=quotes, broker_factory=broker_factory
+        )
+    except HedgeUnavailable as exc:
+        logger.error("%s: hedge not evaluated: %s", account.slug, exc)
+        return [{"kind": "hedge", "problem": str(exc)}]
     return [{"kind": "hedge", "summary": str(outcome)}]
 
 

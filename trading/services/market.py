@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -37,6 +38,8 @@ FACT_FIELDS = (
     "cost_decimals",
     "status",
 )
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -432,6 +435,13 @@ def _queue_bar_closed(instrument_id: int, open_time: datetime):
     def queue() -> None:
         from trading.tasks import bar_closed
 
-        bar_closed.delay(instrument_id, open_time.isoformat())
+        try:
+            bar_closed.delay(instrument_id, open_time.isoformat())
+        except Exception:  # the bar is stored; beat's sweep queues its cycles if it is still the newest
+            logger.exception(
+                "could not queue trading.bar_closed for instrument %s, bar %s: the broker refused it",
+                instrument_id,
+                open_time.isoformat(),
+            )
 
     return queue
