@@ -102,6 +102,10 @@ ACCOUNT_GAUGES = {
 }
 
 
+#: How many of an account's newest cycles the decision-to-order gauge looks through.
+RECENT_CYCLES = 20
+
+
 def account_state_rows() -> list[tuple[str, list[str], float]]:
     """(metric, labels, value) for every account (see :class:`AccountStateCollector`)."""
     from datetime import timedelta
@@ -124,30 +128,32 @@ def account_state_rows() -> list[tuple[str, list[str], float]]:
             rows.append(("aether_account_drawdown_pct", [slug], nav.drawdown_pct))
         cycle = (
             Cycle.objects.filter(account_id=account_id, finished_at__isnull=False)
-            .order_by("-finished_at", "-id")
+            .order_by("-finished_at")
             .first()
         )
         if cycle is not None:
             rows.append(("aether_cycle_last_duration_seconds", [slug], (cycle.duration_ms or 0) / 1000))
             rows.append(("aether_cycle_last_age_seconds", [slug], (now - cycle.finished_at).total_seconds()))
-        placed = (
-            Cycle.objects.filter(account_id=account_id, decisions__icontains="decision_to_order_ms")
-            .order_by("-finished_at", "-id")
-            .only("decisions")
-            .first()
+        # The newest order among the account's last RECENT_CYCLES finished cycles (an index range, no scan).
+        recent_cycles = (
+            Cycle.objects.filter(account_id=account_id, finished_at__isnull=False)
+            .order_by("-finished_at")
+            .values_list("decisions", flat=True)[:RECENT_CYCLES]
         )
-        if placed is not None:
-            latest = [item for item in placed.decisions if "decision_to_order_ms" in item]
-            rows.append(
-                ("aether_cycle_decision_to_order_seconds", [slug], latest[-1]["decision_to_order_ms"] / 1000)
-            )
+        for decisions in recent_cycles:
+            latencies = [
+                item["decision_to_order_ms"] for item in decisions or () if "decision_to_order_ms" in item
+            ]
+            if latencies:
+                rows.append(("aether_cycle_decision_to_order_seconds", [slug], latencies[-1] / 1000))
+                break
         hedge = HedgeSnapshot.objects.filter(account_id=account_id).order_by("-taken_at", "-id").first()
         if hedge is not None:
             if hedge.actual_pct is not None:
                 rows.append(("aether_hedge_ratio_pct", [slug], hedge.actual_pct))
             rows.append(("aether_hedge_target_ratio_pct", [slug], hedge.target_pct))
-    for switch in KillSwitch.objects.all():
-        slug = slugs.get(switch.account_id)
+    for switch in KillSwitch.objects.filter(account_id__in=list(slugs)):
+        slug = slugs[switch.account_id]
         for status in ("armed", "tripped"):
             rows.append(("aether_kill_switch_state", [slug, status], 1 if switch.status == status else 0))
         rows.append(("aether_kill_switch_halted", [slug], 1 if switch.halted else 0))

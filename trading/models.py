@@ -443,7 +443,11 @@ class Cycle(AccountOwned):
                 fields=["account", "instrument", "timeframe", "bar_open_time"], name="cycle_once_per_bar"
             )
         ]
-        indexes = [models.Index(fields=["account", "status"], name="cycle_account_status")]
+        indexes = [
+            models.Index(fields=["account", "status"], name="cycle_account_status"),
+            models.Index(fields=["account", "-finished_at"], name="cycle_account_finished"),
+            models.Index(fields=["started_at"], name="cycle_started"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.account} {self.instrument} {self.bar_open_time:%Y-%m-%d %H:%M} [{self.status}]"
