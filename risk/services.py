@@ -16,7 +16,6 @@ from decimal import Decimal
 
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
-from django.utils import timezone
 from prometheus_client import Counter
 
 from accounts.models import Account
@@ -281,7 +280,7 @@ def killswitch_resume(*, account: Account, actor, reason: str = "") -> KillSwitc
 def killswitch_rearm(*, account: Account, actor, reason: str = "", now: datetime | None = None) -> KillSwitch:
     """Re-arm a tripped switch (a director), refused while the UTC day of the trip lasts."""
     _require_director(actor, account, "re-arm the kill switch")
-    now = now or timezone.now()
+    now = now or platform_now()  # the trip's day is on the platform clock (a replay's, in replay)
     return _apply_transition(
         account=account,
         actor=actor,

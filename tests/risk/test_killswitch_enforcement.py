@@ -409,3 +409,28 @@ def test_every_applied_fill_queues_a_nav_snapshot_after_the_commit(
             quotes=market,
         )
     assert [sent for sent in celery_sent if sent[0] == "risk.nav_snapshot"] == []
+
+
+def test_in_a_replay_the_rearm_waits_for_the_replays_next_day_not_the_wall_clocks(firm, universe, settings):
+    """The trip's day is on the platform clock; re-arming compares with the same clock."""
+    from datetime import UTC, datetime
+
+    from trading.candles import CandleRow
+    from trading.services import candles_upsert
+
+    settings.AETHER_MARKET_DATA = "replay"
+    opened = datetime(2024, 3, 1, 10, tzinfo=UTC)
+    candles_upsert(
+        instrument=universe["BTC/USD"],
+        timeframe=settings.AETHER_TIMEFRAME,
+        rows=[CandleRow(opened, D(1), D(2), D(1), D(2), D(3))],
+        source="replay",
+    )
+    account = firm.alice_account
+    switch = KillSwitch.objects.create(
+        account=account, status="tripped", tripped_on=opened.date(), tripped_at=opened, reason="test trip"
+    )
+    with pytest.raises(Exception, match="UTC day"):
+        services.killswitch_rearm(account=account, actor=firm.owner, reason="too soon")
+    switch.refresh_from_db()
+    assert switch.status == "tripped"
