@@ -45,6 +45,11 @@ def main() -> None:
         help="run that path under cProfile and print where its time goes (the latencies then include "
         "the profiler's overhead)",
     )
+    parser.add_argument(
+        "--profile-out",
+        metavar="FILE",
+        help="with --profile: also write the raw cProfile statistics to FILE (for pstats, A/B comparisons)",
+    )
     args = parser.parse_args()
     profiler = None
     if args.profile:
@@ -68,7 +73,8 @@ def main() -> None:
         (ROOT / "var").mkdir(exist_ok=True)
         scratch = tempfile.mkdtemp(prefix="aether-bench-", dir=ROOT / "var")
         os.environ["DATABASE_URL"] = f"sqlite:///{scratch}/bench.sqlite3"
-    os.environ.pop("REDIS_URL", None)  # private-call lock on the database (PostgreSQL) or a file (SQLite)
+    # As in production: with REDIS_URL the fill's NAV snapshot is published to Redis and the private-call
+    # lock is Redis's; without it, the embedded broker and the database's (or a file) lock.
     fake = FakeKraken().start()
     os.environ["KRAKEN_API_URL"] = fake.url
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "aether_site.settings")
@@ -185,6 +191,8 @@ def main() -> None:
     if profiler is not None:
         import pstats
 
+        if args.profile_out:
+            profiler.dump_stats(args.profile_out)
         stats = pstats.Stats(profiler).strip_dirs()
         print(f"--- cProfile of the {args.profile} path, by own time ---")
         stats.sort_stats("tottime").print_stats(40)
@@ -196,7 +204,15 @@ def main() -> None:
         "kraken_p50_ms": statistics.median(kraken_ms),
         "kraken_p99_ms": percentile(kraken_ms, 99),
     }
-    print(f"engine: {vendor}; orders per path: {args.orders}; Kraken orders on the fake: {on_exchange}")
+    from django.conf import settings
+
+    from trading.brokers.private_lock import backend_name
+
+    broker = settings.CELERY_BROKER_URL.split(":", 1)[0]
+    print(
+        f"engine: {vendor}; Celery broker: {broker}; private-call lock: {backend_name()}; "
+        f"orders per path: {args.orders}; Kraken orders on the fake: {on_exchange}"
+    )
     print(
         f"simulated mean {statistics.fmean(sim_ms):.2f} ms; "
         f"Kraken (fake) mean {statistics.fmean(kraken_ms):.2f} ms"

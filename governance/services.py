@@ -101,6 +101,9 @@ def _share_referenced_rows(connection, account, user, already: frozenset = froze
     return frozenset(shared)
 
 
+_CONSTRAINTS_NOW = "SET CONSTRAINTS ALL IMMEDIATE"
+
+
 def _check_constraints_now(connection) -> None:
     """Run the transaction's deferred foreign-key checks now, before the chain lock, and the rest of its
     checks as its statements run. Django's foreign keys are checked at COMMIT on PostgreSQL, where each check
@@ -109,7 +112,30 @@ def _check_constraints_now(connection) -> None:
     end-to-end test). Checked now, the wait comes before the chain lock, in the lock order."""
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
-            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+            cursor.execute(_CONSTRAINTS_NOW)
+
+
+def _lock_chain_and_read_head(connection) -> tuple[int, str] | None:
+    """The first append of a transaction: the deferred checks run now (``_check_constraints_now``), then the
+    chain lock (``_lock_chain_head``), then the head is read — in that order, and on PostgreSQL in one round
+    trip: the three statements go as one query string, which the server runs one after the other (the head
+    is read with a snapshot taken once the lock is held). Returns ``(seq, hash)`` of the head, ``None`` for
+    an empty chain."""
+    if connection.vendor != "postgresql":
+        _check_constraints_now(connection)
+        _lock_chain_head()
+        return AuditEvent.objects.order_by("-seq").values_list("seq", "hash").first()
+    table = connection.ops.quote_name(AuditEvent._meta.db_table)
+    # No parameters (the lock key is a constant): several statements may then go in one query string.
+    lock = f"SELECT pg_advisory_xact_lock({int(AUDIT_CHAIN_LOCK_KEY)})"
+    head = f"SELECT seq, hash FROM {table} ORDER BY seq DESC LIMIT 1"  # noqa: S608
+    sql = f"{_CONSTRAINTS_NOW}; {lock}; {head}"
+    with connection.cursor() as cursor:
+        cursor.execute(sql)
+        if not (cursor.nextset() and cursor.nextset()):  # past SET CONSTRAINTS and the lock
+            raise RuntimeError("the audit chain's head query returned fewer results than it has statements")
+        row = cursor.fetchone()
+    return (int(row[0]), row[1]) if row is not None else None
 
 
 def audit_record(
@@ -148,9 +174,7 @@ def audit_record(
     if known is not None and known.head is not None:
         seq, prev_hash = known.head[0] + 1, known.head[1]
     else:
-        _check_constraints_now(connection)
-        _lock_chain_head()
-        head = AuditEvent.objects.order_by("-seq").values_list("seq", "hash").first()
+        head = _lock_chain_and_read_head(connection)
         seq, prev_hash = (head[0] + 1, head[1]) if head else (1, GENESIS_HASH)
 
     record = ChainRecord(

@@ -23,11 +23,12 @@ from trading.services.orders import order_submit, sim_balance_set
 ENGINE = SystemActor("strategy_cycle")
 
 #: Statements of one simulated market order once the account has traded the pair (its position and
-#: base balance exist), in its own transaction, BEGIN and COMMIT included. Counted when written (on
-#: PostgreSQL, SQLite has no advisory lock but captures a head read the same way): 23 for a buy, 24 for
-#: a sell that closes the round trip (its Trade row). Before the order path was trimmed the same orders
-#: took 35 and 37 on PostgreSQL. A guard against regressions, not a target.
-BOUND = {"postgresql": {"buy": 23, "sell": 24}, "sqlite": {"buy": 22, "sell": 23}}
+#: base balance exist), in its own transaction, BEGIN and COMMIT included. Counted when written: 22 for a
+#: buy, 23 for a sell that closes the round trip (its Trade row), on PostgreSQL (where the first audit event's
+#: deferred-constraint check, chain lock and head read go as one query string) and on SQLite alike. Before
+#: the order path was trimmed the same orders took 35 and 37 on PostgreSQL, then 24 and 25. A guard against
+#: regressions, not a target.
+BOUND = {"postgresql": {"buy": 22, "sell": 23}, "sqlite": {"buy": 22, "sell": 23}}
 
 
 def set_price(instrument, price: str) -> None:
@@ -206,3 +207,86 @@ def test_balances_moved_by_conditional_updates_keep_the_old_refusals(firm, unive
     ):
         _write_balances(refused, applied)
     assert Balance.objects.get(account=account, broker="sim", asset="USD").total == usd.total
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_the_first_event_checks_deferred_constraints_then_locks_the_chain_then_reads_the_head(
+    firm, audit_transactional_db
+):
+    """One round trip, the three steps in their order: a deferred foreign-key violation of the
+    transaction surfaces there (before the chain lock), and the lock is held afterwards."""
+    from django.db import IntegrityError
+
+    account = firm.alice_account
+    with transaction.atomic():
+        head = audit_record(actor=ENGINE, action="test.head", account=account)
+    with transaction.atomic():
+        with CaptureQueriesContext(connection) as captured:
+            event = audit_record(actor=ENGINE, action="test.next", account=account)
+        assert (event.seq, event.prev_hash) == (head.seq + 1, head.hash)
+        sql = statements(captured)
+        assert len(sql) == 3  # the account's key share, constraints + lock + head, the INSERT
+        first = sql[1]
+        assert first.index("SET CONSTRAINTS ALL IMMEDIATE") < first.index("pg_advisory_xact_lock")
+        assert first.index("pg_advisory_xact_lock") < first.index("governance_auditevent")
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+            )
+            assert cursor.fetchone()[0] == 1
+    with transaction.atomic():
+        # A row pointing at no account: PostgreSQL defers the check to COMMIT unless told otherwise.
+        Balance.objects.create(account_id=10**9, broker="sim", asset="USD")
+        with pytest.raises(IntegrityError), transaction.atomic():
+            audit_record(actor=ENGINE, action="test.never", account=account)
+        transaction.set_rollback(True)
+    assert not AuditEvent.objects.filter(action="test.never").exists()
+    assert audit_chain_verify() is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_fee_tier_read_with_the_account_lock_prices_the_reservation_and_the_fill(
+    firm, universe, audit_transactional_db
+):
+    from django.conf import settings
+
+    from trading.fees import published_rates
+    from trading.matching import fee_for
+    from trading.models import AccountFeeTier
+
+    btc = universe["BTC/USD"]
+    set_price(btc, "50000")
+    account = firm.alice_account
+    sim_balance_set(account=account, asset="USD", amount=D("10000"), actor=firm.owner, reason="test")
+    published = published_rates()
+    default = submit(account, btc, "buy")
+    default_fill = default.fills.get()
+    assert default_fill.fee == fee_for(default_fill.price * default_fill.quantity, published.taker_pct)
+    AccountFeeTier.objects.create(
+        account=account,
+        instrument=btc,
+        maker_pct=D("0.1000"),
+        taker_pct=D("0.2000"),
+        volume_30d_usd=D("100000"),
+        fetched_at=timezone.now(),
+    )
+    assert published.taker_pct != D("0.2000")
+    order = submit(account, btc, "buy")
+    fill = order.fills.get()
+    intent = order.history.order_by("history_id").first()
+    need = ledger.reservation_for(
+        side="buy",
+        quantity=D("0.01"),
+        price=D("50000"),
+        taker_pct=D("0.2000"),
+        buffer_pct=settings.ORDER_RESERVE_BUFFER_PCT,
+        base_asset="BTC",
+        cost_decimals=btc.cost_decimals,
+    )
+    assert intent.reserved_amount == need.amount
+    assert fill.fee == fee_for(fill.price * fill.quantity, D("0.2000"))
+    other = firm.bob_account  # another account's tier is not this one's
+    sim_balance_set(account=other, asset="USD", amount=D("10000"), actor=ENGINE, reason="test")
+    other_fill = submit(other, btc, "buy").fills.get()
+    assert other_fill.fee == fee_for(other_fill.price * other_fill.quantity, published.taker_pct)

@@ -35,7 +35,7 @@ from decimal import Decimal
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
-from django.db.models import F, Sum, Value
+from django.db.models import F, OuterRef, Subquery, Sum, Value
 from django.db.models.functions import Greatest, Least
 from django.utils import timezone
 from prometheus_client import Counter
@@ -59,6 +59,7 @@ from trading.brokers.base import (
 from trading.models import (
     FINAL_STATUSES,
     LIVE_STATUSES,
+    AccountFeeTier,
     Balance,
     BrokerName,
     Fill,
@@ -334,6 +335,20 @@ class _ThisOrder:
             self.rates[key] = fee_rates_for(account=account, instrument=instrument)
         return self.rates[key]
 
+    def remember_fee_rates(self, *, account, instrument, rates) -> None:
+        """The rates ``order_record`` read with the account's lock (what ``fee_rates_for`` answers)."""
+        self.rates[(account.pk, instrument.pk)] = rates
+
+
+def _tier_rates(account: Account):
+    """The fee rates of the tier annotated on ``account`` by ``order_record``: the account's own TradeVolume
+    answer when recorded, else Kraken's published base tier (as ``trading.selectors.fee_rates_for``)."""
+    from trading.fees import FeeRates, published_rates
+
+    if account.tier_maker_pct is None or account.tier_taker_pct is None:
+        return published_rates()
+    return FeeRates(maker_pct=account.tier_maker_pct, taker_pct=account.tier_taker_pct)
+
 
 def order_record(
     *,
@@ -379,7 +394,16 @@ def order_record(
         "stop_price": stop_price,
     }
     with transaction.atomic():
-        account = Account.objects.select_for_update(no_key=True).get(pk=account.pk)
+        # The account row locked, and the account's fee tier on the pair read in the same statement.
+        tier = AccountFeeTier.objects.filter(account=OuterRef("pk"), instrument=instrument).order_by()
+        account = (
+            Account.objects.select_for_update(no_key=True)
+            .annotate(
+                tier_maker_pct=Subquery(tier.values("maker_pct")[:1]),
+                tier_taker_pct=Subquery(tier.values("taker_pct")[:1]),
+            )
+            .get(pk=account.pk)
+        )
         audit_rows_locked(account)
         # A client order id generated just now is new (a random UUID; the unique constraint is the wall):
         # only one the caller chose can name an existing order.
@@ -414,6 +438,10 @@ def order_record(
             placed_by=actor_label(actor),
             placed_by_user=actor_user(actor),
         )
+        rates = _tier_rates(account)
+        remember_rates = getattr(quotes, "remember_fee_rates", None)
+        if remember_rates is not None:  # the simulator prices this order's fill with the same rates
+            remember_rates(account=account, instrument=instrument, rates=rates)
         problems = _entry_gates(account) if side == Side.BUY else []
         reference = _reference_price(instrument, order_type, side, limit_price, stop_price, quotes)
         problems = problems or check_order(order_request(order), reference_price=reference)
@@ -425,7 +453,7 @@ def order_record(
                 account=account,
                 instrument=instrument,
                 reference=reference,
-                fees=getattr(quotes, "fee_rates", None),
+                fees=lambda **_: rates,
                 position=position if simulate else _UNREAD,
             )
         if problems:
