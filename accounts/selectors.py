@@ -55,3 +55,17 @@ def membership_list(*, user, account: Account | None = None):
     if account is not None:
         memberships = memberships.filter(account=account)
     return memberships
+
+
+def require_director(actor, account: Account, what: str, *, platform_allowed: bool = False) -> None:
+    """Raise ``PermissionDenied`` unless ``actor`` is a director of ``account`` (a user who may change it).
+    A platform component (``SystemActor``) passes only with ``platform_allowed``. ``what`` completes "may
+    not … of <account>" in the message."""
+    from governance.actors import SystemActor, actor_label
+
+    if isinstance(actor, SystemActor):
+        if platform_allowed:
+            return
+        raise PermissionDenied(f"{actor.label} may not {what} of {account}: a director of the account must.")
+    if not user_can(user=actor, account=account, action="change"):
+        raise PermissionDenied(f"{actor_label(actor)} may not {what} of {account}: directors only.")

@@ -16,13 +16,13 @@ from decimal import Decimal
 from itertools import pairwise
 
 from django.conf import settings
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Count, Max, Sum
 from prometheus_client import Counter, Gauge
 
 from accounts.models import Account
-from accounts.selectors import user_can
+from accounts.selectors import require_director
 from governance.actors import SystemActor, actor_label
 from governance.models import AuditEvent
 from governance.services import audit_record
@@ -65,20 +65,6 @@ class HedgeUnavailable(ValidationError):
 
 def _lock_account(account: Account) -> Account:
     return Account.objects.select_for_update(no_key=True).get(pk=account.pk)
-
-
-def _require_director(actor, account: Account, what: str) -> None:
-    if isinstance(actor, SystemActor):
-        raise PermissionDenied(f"{actor.label} may not {what} of {account}: a director of the account must.")
-    if not user_can(user=actor, account=account, action="change"):
-        raise PermissionDenied(f"{actor_label(actor)} may not {what} of {account}: directors only.")
-
-
-def _require_director_or_platform(actor, account: Account, what: str) -> None:
-    if isinstance(actor, SystemActor):
-        return
-    if not user_can(user=actor, account=account, action="change"):
-        raise PermissionDenied(f"{actor_label(actor)} may not {what} of {account}: directors only.")
 
 
 def _text(value) -> str | None:
@@ -152,7 +138,7 @@ def hedge_policy_update(*, account: Account, actor, **changes) -> HedgePolicy:
     change is refused with every problem listed when the result would be invalid; the changed fields'
     before and after are audited (``hedge_policy.updated``). A change that changes nothing records
     nothing. The mode has its own services (``hedge_set_manual`` / ``hedge_set_auto``)."""
-    _require_director(actor, account, "change the hedge policy")
+    require_director(actor, account, "change the hedge policy")
     unknown = sorted(set(changes) - set(HedgePolicy.EDITABLE))
     if unknown:
         raise ValidationError(
@@ -461,7 +447,7 @@ def hedge_set_manual(
     ceiling bound only the automatic target) until ``expires_at`` (aware, in the future) or until
     ``hedge_set_auto``. Audited (``hedge.manual_set``, before and after) with a ``manual_set`` snapshot.
     The next ``hedge_evaluate`` rebalances towards it (band and minimum interval apply)."""
-    _require_director(actor, account, "override the hedge")
+    require_director(actor, account, "override the hedge")
     now = now or platform_now()
     try:
         target = Decimal(target_pct)
@@ -519,7 +505,7 @@ def hedge_set_auto(
     """A director ends a manual override: the automatic target resumes. Audited (``hedge.auto_set``, before
     and after) with an ``auto_set`` snapshot whose target is the last automatic target known (the floor
     when none was ever computed) until the next ``hedge_evaluate``. Already automatic: nothing recorded."""
-    _require_director(actor, account, "set the hedge to automatic")
+    require_director(actor, account, "set the hedge to automatic")
     now = now or platform_now()
     hedge_policy_for(account=account)
     with transaction.atomic():
@@ -660,7 +646,7 @@ def hedge_evaluate(
     from risk.selectors import engine_policy_for
     from trading.quotes import DatabaseQuoteSource
 
-    _require_director_or_platform(actor, account, "evaluate the hedge")
+    require_director(actor, account, "evaluate the hedge", platform_allowed=True)
     quotes = quotes or DatabaseQuoteSource()
     with transaction.atomic():
         locked = _lock_account(account)

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from prometheus_client import Counter
 
 from accounts.models import Account
-from accounts.selectors import user_can
+from accounts.selectors import require_director
 from governance.actors import SystemActor, actor_label
 from governance.services import audit_record
 from risk import engine
@@ -61,20 +61,6 @@ class NavUnavailable(ValidationError):
 
 def _lock_account(account: Account) -> Account:
     return Account.objects.select_for_update(no_key=True).get(pk=account.pk)
-
-
-def _require_director(actor, account: Account, what: str) -> None:
-    if isinstance(actor, SystemActor):
-        raise PermissionDenied(f"{actor.label} may not {what} of {account}: a director of the account must.")
-    if not user_can(user=actor, account=account, action="change"):
-        raise PermissionDenied(f"{actor_label(actor)} may not {what} of {account}: directors only.")
-
-
-def _require_director_or_platform(actor, account: Account, what: str) -> None:
-    if isinstance(actor, SystemActor):
-        return
-    if not user_can(user=actor, account=account, action="change"):
-        raise PermissionDenied(f"{actor_label(actor)} may not {what} of {account}: directors only.")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -130,7 +116,7 @@ def risk_policy_update(*, account: Account, actor, **changes) -> RiskPolicy:
     """Change the account's policy. Directors only (never a platform component). Refuses the whole change
     with a ``ValidationError`` listing every problem when the result would be invalid; audits the changed
     fields' before and after. A change that changes nothing records nothing."""
-    _require_director(actor, account, "change the risk policy")
+    require_director(actor, account, "change the risk policy")
     unknown = sorted(set(changes) - set(RiskPolicy.EDITABLE))
     if unknown:
         raise ValidationError(f"unknown risk policy field(s): {', '.join(unknown)}")
@@ -251,7 +237,7 @@ def _mark_enforcement(switch: KillSwitch, actions) -> None:
 def killswitch_halt(*, account: Account, actor, reason: str, broker_factory=None, quotes=None) -> KillSwitch:
     """Stop new entries now (a director, or a platform component: halting is the safe direction). Open
     entry orders are canceled after the commit; exits keep working."""
-    _require_director_or_platform(actor, account, "halt trading")
+    require_director(actor, account, "halt trading", platform_allowed=True)
     if not reason.strip():
         raise ValidationError("say why trading is halted")
     return _apply_transition(
@@ -267,7 +253,7 @@ def killswitch_halt(*, account: Account, actor, reason: str, broker_factory=None
 
 def killswitch_resume(*, account: Account, actor, reason: str = "") -> KillSwitch:
     """Lift a manual halt (a director). A tripped switch stays latched: it needs ``killswitch_rearm``."""
-    _require_director(actor, account, "resume trading")
+    require_director(actor, account, "resume trading")
     return _apply_transition(
         account=account,
         actor=actor,
@@ -279,7 +265,7 @@ def killswitch_resume(*, account: Account, actor, reason: str = "") -> KillSwitc
 
 def killswitch_rearm(*, account: Account, actor, reason: str = "", now: datetime | None = None) -> KillSwitch:
     """Re-arm a tripped switch (a director), refused while the UTC day of the trip lasts."""
-    _require_director(actor, account, "re-arm the kill switch")
+    require_director(actor, account, "re-arm the kill switch")
     now = now or platform_now()  # the trip's day is on the platform clock (a replay's, in replay)
     return _apply_transition(
         account=account,
@@ -672,7 +658,7 @@ def nav_snapshot_record(
     re-arm a tripped switch when the policy allows it (audited ``killswitch.rearmed``)."""
     from trading.quotes import DatabaseQuoteSource
 
-    _require_director_or_platform(actor, account, "record a NAV snapshot")
+    require_director(actor, account, "record a NAV snapshot", platform_allowed=True)
     if reason not in NavSnapshot.Reason.values:
         raise ValidationError(f"NAV snapshot reason must be one of {', '.join(NavSnapshot.Reason.values)}")
     quotes = quotes or DatabaseQuoteSource()
