@@ -178,7 +178,9 @@ def membership_set_role(*, actor, membership: Membership, role: str) -> Membersh
     with transaction.atomic():
         _lock_account(membership.account)
         membership = (
-            Membership.objects.select_for_update().select_related("account", "user").get(pk=membership.pk)
+            Membership.objects.select_for_update(of=("self",))
+            .select_related("account", "user")
+            .get(pk=membership.pk)
         )
         _require(actor, membership.account, "change")
         before = membership.role
@@ -204,7 +206,9 @@ def membership_remove(*, actor, membership: Membership) -> None:
     with transaction.atomic():
         _lock_account(membership.account)
         membership = (
-            Membership.objects.select_for_update().select_related("account", "user").get(pk=membership.pk)
+            Membership.objects.select_for_update(of=("self",))
+            .select_related("account", "user")
+            .get(pk=membership.pk)
         )
         _require(actor, membership.account, "delete")
         if membership.role == Role.DIRECTOR and not _other_directors(membership):
