@@ -23,6 +23,7 @@ from prometheus_client import Counter, Gauge
 
 from accounts.models import Account
 from accounts.selectors import require_director
+from aether_site.caching import BoundedCache
 from governance.actors import SystemActor, actor_label
 from governance.models import AuditEvent
 from governance.services import audit_record
@@ -207,8 +208,8 @@ def _closes(instrument: Instrument | int, *, bars: int, now: datetime) -> list[D
 
 
 #: Volatility inputs by the candles they were measured on: the same for every account on a bar.
-_VOLATILITY_CACHE: dict[tuple, tuple[float, float] | None] = {}
-_VOLATILITY_CACHE_SIZE = 256
+_VOLATILITY_CACHE = BoundedCache(256)
+_NOT_MEASURED = object()
 
 
 def _volatility_of(
@@ -218,15 +219,14 @@ def _volatility_of(
     process for the same candles: ``shape`` (the window's newest bar, its bars and its newest write) is part
     of the key."""
     key = (instrument_id, params.vol_window, params.vol_lookback, *shape)
-    if key in _VOLATILITY_CACHE:
-        return _VOLATILITY_CACHE[key]
+    cached = _VOLATILITY_CACHE.get(key, _NOT_MEASURED)  # None is a result: too few candles
+    if cached is not _NOT_MEASURED:
+        return cached
     closes = _closes(instrument_id, bars=params.vol_lookback + params.vol_window + 1, now=now)
     measured = None
     if len(closes) >= params.vol_window + 1 and all(close > 0 for close in closes):
         measured = core.volatility_inputs(closes, window=params.vol_window, lookback=params.vol_lookback)
-    if len(_VOLATILITY_CACHE) >= _VOLATILITY_CACHE_SIZE:
-        _VOLATILITY_CACHE.pop(next(iter(_VOLATILITY_CACHE)))
-    _VOLATILITY_CACHE[key] = measured
+    _VOLATILITY_CACHE.put(key, measured)
     return measured
 
 

@@ -47,6 +47,7 @@ from django.utils import timezone
 from prometheus_client import Counter
 
 from accounts.models import Account
+from aether_site.caching import BoundedCache
 from governance.services import audit_record
 from risk import engine
 from risk.selectors import engine_policy_for, switch_state_for
@@ -111,8 +112,7 @@ def _equity(
 
 
 #: Correlated groups by the candles they were computed from: the same for every account on a bar.
-_GROUPS_CACHE: dict[tuple, tuple[frozenset, ...]] = {}
-_GROUPS_CACHE_SIZE = 64
+_GROUPS_CACHE = BoundedCache(64)
 
 
 def _groups(*, symbols: set[str], window: int, threshold: float, now: datetime) -> tuple[frozenset, ...]:
@@ -128,7 +128,7 @@ def _groups(*, symbols: set[str], window: int, threshold: float, now: datetime) 
         first=Min("open_time"), last=Max("open_time"), bars=Count("id"), written=Max("updated_at")
     )
     key = (tuple(sorted(symbols)), timeframe, window, threshold, *shape.values())
-    cached = _GROUPS_CACHE.get(key)
+    cached = _GROUPS_CACHE.get(key, None)
     if cached is not None:
         return cached
     closes: dict[str, dict[datetime, float]] = {symbol: {} for symbol in sorted(symbols)}
@@ -140,9 +140,7 @@ def _groups(*, symbols: set[str], window: int, threshold: float, now: datetime) 
         if len(frame.columns) < 2
         else engine.correlated_groups(frame, window=window, threshold=threshold).groups
     )
-    if len(_GROUPS_CACHE) >= _GROUPS_CACHE_SIZE:
-        _GROUPS_CACHE.pop(next(iter(_GROUPS_CACHE)))
-    _GROUPS_CACHE[key] = groups
+    _GROUPS_CACHE.put(key, groups)
     return groups
 
 

@@ -26,7 +26,6 @@ the row says which strategy ran and why. Must not run inside a transaction (orde
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -39,6 +38,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import Account
+from aether_site.caching import BoundedCache
 from governance.actors import SystemActor
 from trading.brokers.base import Side
 from trading.clock import platform_now
@@ -166,9 +166,7 @@ class MarketInputs:
     realised_volatility: Decimal | None
 
 
-_MARKET_CACHE: dict[tuple, MarketInputs] = {}
-_MARKET_CACHE_SIZE = 64
-_MARKET_CACHE_LOCK = threading.Lock()
+_MARKET_CACHE = BoundedCache(64)
 
 
 def _market_inputs(instrument: Instrument, timeframe: int, candle: Candle) -> MarketInputs:
@@ -178,8 +176,8 @@ def _market_inputs(instrument: Instrument, timeframe: int, candle: Candle) -> Ma
 
     bar = candle_bar(candle)
     champion = serving_champion(symbol=instrument.symbol, timeframe=timeframe)
-    key = (instrument.pk, timeframe, candle.open_time, getattr(champion, "pk", None))
-    cached = _MARKET_CACHE.get(key)
+    key = (instrument.pk, timeframe, candle.open_time, candle.updated_at, getattr(champion, "pk", None))
+    cached = _MARKET_CACHE.get(key, None)
     if cached is not None:
         return cached
     signal, row = market_inputs_for(instrument=instrument, timeframe=timeframe, as_of=bar.close_time)
@@ -195,10 +193,7 @@ def _market_inputs(instrument: Instrument, timeframe: int, candle: Candle) -> Ma
         atr=average_true_range(bars),
         realised_volatility=log_return_volatility([item.close for item in bars]),
     )
-    with _MARKET_CACHE_LOCK:  # worker threads share the cache
-        while len(_MARKET_CACHE) >= _MARKET_CACHE_SIZE:
-            _MARKET_CACHE.pop(next(iter(_MARKET_CACHE)), None)
-        _MARKET_CACHE[key] = inputs
+    _MARKET_CACHE.put(key, inputs)
     return inputs
 
 
