@@ -204,3 +204,13 @@ def test_the_feed_resumes_the_replay_after_the_newest_stored_bar(universe, setti
     assert arguments.count("--from-csv") == 2
     speed = float(arguments[arguments.index("--speed") + 1])
     assert speed == 3600 / float(settings.EMBEDDED_SECONDS_PER_BAR)
+
+
+def test_a_failing_backfill_is_a_clear_error_naming_what_to_do(universe, tmp_path):
+    from trading.marketdata.coingecko import CoinGeckoError
+
+    def failing(**kwargs):
+        raise CoinGeckoError("HTTP 401: invalid API key (test)")
+
+    with pytest.raises(EmbeddedDataError, match="set AETHER_HISTORY_DIR"):
+        prepare(universe, tmp_path, online=lambda: True, backfill=failing)

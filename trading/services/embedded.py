@@ -176,7 +176,7 @@ def _coingecko_reachable() -> bool:
 def _from_backfill(actor, instruments, timeframe, work_dir, replay_bars, now, backfill, progress):
     """CoinGecko's last 90 days, then the newest ``replay_bars`` moved from the database to the replay file
     (they come back through the feed, as closed bars do live)."""
-    from trading.marketdata.coingecko import backfill_coingecko
+    from trading.marketdata.coingecko import CoinGeckoError, backfill_coingecko
 
     backfill = backfill or backfill_coingecko
     unknown = [i.symbol for i in instruments if i.symbol not in COINS]
@@ -187,13 +187,19 @@ def _from_backfill(actor, instruments, timeframe, work_dir, replay_bars, now, ba
     result = EmbeddedMarketData(BACKFILL, note=f"CoinGecko backfill of the last {BACKFILL_DAYS} days")
     for instrument in instruments:
         progress(f"backfilling {instrument.symbol} from CoinGecko ({BACKFILL_DAYS} days)")
-        report = backfill(
-            instrument=instrument,
-            coin_id=COINS[instrument.symbol],
-            days=BACKFILL_DAYS,
-            timeframe=timeframe,
-            now=now,
-        )
+        try:
+            report = backfill(
+                instrument=instrument,
+                coin_id=COINS[instrument.symbol],
+                days=BACKFILL_DAYS,
+                timeframe=timeframe,
+                now=now,
+            )
+        except CoinGeckoError as exc:
+            raise EmbeddedDataError(
+                f"{instrument.symbol}: CoinGecko answered but the backfill failed ({exc}); set "
+                "AETHER_HISTORY_DIR to Kraken's OHLCVT files, or retry later"
+            ) from exc
         if not getattr(report, "complete", True):
             raise EmbeddedDataError(f"{instrument.symbol}: CoinGecko backfill incomplete: {report.summary()}")
         tail = list(
