@@ -119,6 +119,8 @@ def _database_from_url(url: str) -> dict:
     options = config.setdefault("OPTIONS", {})
     if engine.endswith("postgresql"):
         options.setdefault("connect_timeout", env.int("DATABASE_CONNECT_TIMEOUT", 5, minimum=1))
+        options.setdefault("server_side_binding", True)
+        options.setdefault("prepare_threshold", 2)
     else:
         # Writers queue instead of failing half-way; WAL lets readers run beside one writer.
         config["CONN_MAX_AGE"] = 0
