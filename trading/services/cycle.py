@@ -571,7 +571,7 @@ def _hedge(*, account: Account, actor, now: datetime, quotes, broker_factory) ->
     except HedgeUnavailable as exc:
         logger.error("%s: hedge not evaluated: %s", account.slug, exc)
         return [{"kind": "hedge", "problem": str(exc)}]
-    return [{"kind": "hedge", "summary": str(outcome)}]
+    return [{"kind": "hedge", "summary": outcome.summary()}]
 
 
 # ----------------------------------------------------------------------------------------------------------
