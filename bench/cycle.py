@@ -20,16 +20,16 @@ Strategy: ``--strategy rule`` runs without a champion (the rule strategy, as a f
 ``champion`` first trains a pooled model on the stored bars (``model_train``, not timed) and promotes it;
 ``both`` (the default) measures the rule strategy, then the champion, on separate accounts.
 
-What "in-process" means: one Python process calls ``trading.services.cycle.cycle_run`` pair after pair,
-account after account (3 cycles per account, in the order the feed's ``bar_closed`` fan-out queues them),
-sequentially, on one database connection, with the process's per-bar market cache (features and the
-model's probability computed once per pair and bar, as in a long-lived worker). Production runs the same
-function from the ``trading.cycle_run`` Celery task on workers in parallel; ``--celery`` also measures
-that: a real worker (prefork, ``--concurrency 2``, started once before the first round) on Redis (needs
-REDIS_URL and PostgreSQL), the round timed from the first task sent to the last cycle finished. Each of
-the worker's processes computes a bar's market inputs once (its own cache), and a cycle that meets
-another cycle of its account still running is retried by the task after ``CYCLE_BUSY_RETRY_SECONDS``, as
-in production.
+What "in-process" means: one Python process calls ``trading.services.cycle.account_cycles_run`` account
+after account (each runs the account's 3 pairs one after the other, as the ``trading.account_cycles`` task
+that the feed's ``bar_closed`` fan-out queues per account does), sequentially, on one database connection,
+with the process's per-bar market cache (features and the model's probability computed once per pair and
+bar, as in a long-lived worker). Production runs the same function from the ``trading.account_cycles``
+Celery task on workers in parallel; ``--celery`` also measures that: a real worker (prefork,
+``--concurrency 2``, started once before the first round) on Redis (needs REDIS_URL and PostgreSQL), the
+round timed from the first task sent to the last cycle finished. Each of the worker's processes computes a
+bar's market inputs once (its own cache), and a task that meets another cycle of its account still
+running is retried after ``CYCLE_BUSY_RETRY_SECONDS``, as in production.
 
 Runs on PostgreSQL when DATABASE_URL names one (a throwaway database ``<name>_bench`` beside it, created
 and dropped here), else on a fresh SQLite file under var/. ``DEBUG`` is off, as in production. Usage:
@@ -196,7 +196,7 @@ def round_in_process(accounts: list, universe: dict, bar_open: datetime, profile
     wrapper (a deterministic measure where the machine is shared: the time is not)."""
     from django.db import connection
 
-    from trading.services.cycle import cycle_run
+    from trading.services.cycle import account_cycles_run
 
     statements = 0
 
@@ -205,14 +205,14 @@ def round_in_process(accounts: list, universe: dict, bar_open: datetime, profile
         statements += 1
         return execute(sql, params, many, context)
 
-    instruments = [universe[pair] for pair in PAIRS]
     if profiler is not None:
         profiler.enable()
     started = time.perf_counter()
     with connection.execute_wrapper(count):
-        for instrument in instruments:  # pair by pair, as the feed's bar_closed fan-out queues them
-            for account in accounts:
-                cycle_run(account=account, instrument=instrument, bar_open_time=bar_open)
+        for account in accounts:  # one task per account, as the feed's bar_closed fan-out queues them
+            cycles = account_cycles_run(account=account, bar_open_time=bar_open)
+            if len(cycles) != len(PAIRS):
+                sys.exit(f"bench/cycle.py: {account.slug} ran {len(cycles)} cycles, not {len(PAIRS)}")
     elapsed = time.perf_counter() - started
     if profiler is not None:
         profiler.disable()
@@ -226,9 +226,8 @@ def round_on_celery(accounts: list, universe: dict, bar_open: datetime, timeout:
     ids = [account.pk for account in accounts]
     expected = len(ids) * len(PAIRS)
     started = time.perf_counter()
-    for pair in PAIRS:  # pair by pair, as the feed's bar_closed fan-out queues them
-        for account_id in ids:
-            tasks.cycle_run.delay(account_id, universe[pair].pk, bar_open.isoformat())
+    for account_id in ids:  # one task per account, as the feed's bar_closed fan-out queues them
+        tasks.account_cycles.delay(account_id, bar_open.isoformat())
     finished = Cycle.objects.filter(
         account_id__in=ids,
         bar_open_time=bar_open,

@@ -32,7 +32,9 @@ def reconcile_all() -> int:
 @shared_task(name="trading.bar_closed", ignore_result=True)
 def bar_closed(instrument_id: int, bar_open_time: str) -> int:
     """A closed bar of ``AETHER_TIMEFRAME`` was stored (by the feed or a replay): match the resting simulated
-    orders on it, then queue every account's strategy cycle for it. Returns how many cycles were queued."""
+    orders on it, then queue every account's strategy cycles for its open time (``trading.account_cycles``:
+    one task per account runs every pair whose bar with that open time is closed, so the pairs of one
+    account never wait on each other's lease). Returns how many tasks were queued."""
     from datetime import datetime
 
     from django.conf import settings
@@ -52,7 +54,7 @@ def bar_closed(instrument_id: int, bar_open_time: str) -> int:
         sim_orders_match_bar(instrument=instrument, bar=candle_bar(candle), actor=SystemActor("sim_broker"))
     finally:  # a matching failure (raised, and logged by Celery) never costs the bar its cycles
         for account_id in ids:
-            cycle_run.delay(account_id, instrument_id, bar_open_time)
+            account_cycles.delay(account_id, bar_open_time)
     return len(ids)
 
 
@@ -63,6 +65,64 @@ CYCLE_BUSY_RETRIES = 60
 CYCLE_TRANSIENT_RETRIES = 3
 
 
+def _run_cycles(task, run, describe) -> str:
+    """Run ``run()`` (a cycle service call) as ``task``: a busy account is retried after
+    ``CYCLE_BUSY_RETRY_SECONDS`` (up to ``CYCLE_BUSY_RETRIES`` times), a transient failure (database or
+    lock unavailable, broker unreachable) up to ``CYCLE_TRANSIENT_RETRIES`` times with backoff, counted
+    apart: waiting for another cycle's lease must not use up the retries a hiccup is allowed."""
+    from django.conf import settings
+    from django.db import InterfaceError, OperationalError
+
+    from trading.brokers.base import BrokerUnavailable
+    from trading.brokers.private_lock import PrivateLockError
+    from trading.services.cycle import CycleBusy
+
+    headers = task.request.headers or {}
+    transient = int(headers.get("aether_transient_retries", 0))
+    try:
+        result = run()
+    except CycleBusy as exc:
+        raise task.retry(
+            exc=exc,
+            countdown=settings.CYCLE_BUSY_RETRY_SECONDS,
+            headers={"aether_transient_retries": transient},
+        ) from exc
+    except (OperationalError, InterfaceError, PrivateLockError, BrokerUnavailable) as exc:
+        if transient >= CYCLE_TRANSIENT_RETRIES:
+            raise
+        raise task.retry(
+            exc=exc, countdown=2 ** (transient + 1), headers={"aether_transient_retries": transient + 1}
+        ) from exc
+    return describe(result)
+
+
+@shared_task(
+    bind=True,
+    name="trading.account_cycles",
+    ignore_result=True,
+    acks_late=True,  # idempotent per (account, pair, bar): a redelivered task finds its rows and orders
+    max_retries=CYCLE_BUSY_RETRIES,
+)
+def account_cycles(self, account_id: int, bar_open_time: str) -> str:
+    """Run one account's strategy cycles on every traded pair's closed bar opened at ``bar_open_time``, one
+    pair after the other (see ``trading.services.cycle.account_cycles_run``)."""
+    from datetime import datetime
+
+    from accounts.models import Account
+    from trading.services import cycle as service
+
+    account = Account.objects.get(pk=account_id)
+    opened = datetime.fromisoformat(bar_open_time)
+    return _run_cycles(
+        self,
+        lambda: service.account_cycles_run(account=account, bar_open_time=opened),
+        lambda cycles: (
+            f"{account.slug} {bar_open_time}: "
+            + ", ".join(f"{cycle.instrument.symbol} {cycle.status}" for cycle in cycles)
+        ),
+    )
+
+
 @shared_task(
     bind=True,
     name="trading.cycle_run",
@@ -71,52 +131,35 @@ CYCLE_TRANSIENT_RETRIES = 3
     max_retries=CYCLE_BUSY_RETRIES,
 )
 def cycle_run(self, account_id: int, instrument_id: int, bar_open_time: str) -> str:
-    """Run one account's strategy cycle on one closed bar (see ``trading.services.cycle``)."""
+    """Run one account's strategy cycle on one pair's closed bar (see ``trading.services.cycle``)."""
     from datetime import datetime
 
-    from django.conf import settings
-    from django.db import InterfaceError, OperationalError
-
     from accounts.models import Account
-    from trading.brokers.base import BrokerUnavailable
-    from trading.brokers.private_lock import PrivateLockError
     from trading.models import Instrument
-    from trading.services.cycle import CycleBusy
-    from trading.services.cycle import cycle_run as run
+    from trading.services import cycle as service
 
     account = Account.objects.get(pk=account_id)
     instrument = Instrument.objects.get(pk=instrument_id)
-    # Busy and transient retries are counted apart: waiting for another cycle's lease must not use up
-    # the retries a database or broker hiccup is allowed.
-    headers = self.request.headers or {}
-    transient = int(headers.get("aether_transient_retries", 0))
-    try:
-        cycle = run(
+    return _run_cycles(
+        self,
+        lambda: service.cycle_run(
             account=account, instrument=instrument, bar_open_time=datetime.fromisoformat(bar_open_time)
-        )
-    except CycleBusy as exc:
-        raise self.retry(
-            exc=exc,
-            countdown=settings.CYCLE_BUSY_RETRY_SECONDS,
-            headers={"aether_transient_retries": transient},
-        ) from exc
-    except (OperationalError, InterfaceError, PrivateLockError, BrokerUnavailable) as exc:
-        if transient >= CYCLE_TRANSIENT_RETRIES:
-            raise
-        raise self.retry(
-            exc=exc, countdown=2 ** (transient + 1), headers={"aether_transient_retries": transient + 1}
-        ) from exc
-    return f"{account.slug} {instrument.symbol} {bar_open_time}: {cycle.status} ({cycle.reason[:120]})"
+        ),
+        lambda cycle: (
+            f"{account.slug} {instrument.symbol} {bar_open_time}: {cycle.status} ({cycle.reason[:120]})"
+        ),
+    )
 
 
 @shared_task(name="trading.cycles_sweep", ignore_result=True)
 def cycles_sweep() -> int:
-    """Queue the cycle of every account on every traded pair's newest closed bar that has none finished."""
+    """Queue the cycles of every account on every traded pair's newest closed bar that has none finished:
+    one ``trading.account_cycles`` task per account and bar open time. Returns how many tasks were queued."""
     from trading.services.cycle import cycles_due
 
-    due = cycles_due()
-    for account_id, instrument_id, opened in due:
-        cycle_run.delay(account_id, instrument_id, opened.isoformat())
+    due = sorted({(account_id, opened) for account_id, _, opened in cycles_due()})
+    for account_id, opened in due:
+        account_cycles.delay(account_id, opened.isoformat())
     return len(due)
 
 

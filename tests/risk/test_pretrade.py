@@ -375,3 +375,41 @@ def test_the_snapshot_reads_the_account_in_a_fixed_number_of_queries(book, djang
     # fee tier of the pair, and one fee tier per held pair for its mark
     with django_assert_num_queries(11):
         risk_snapshot(account=account, instrument=btc, quotes=quotes)
+
+
+def test_the_state_read_for_one_pair_serves_another_pair_as_a_full_read_would(book, universe, settings):
+    """What the strategy cycle does for an account's second pair on a bar: the first pair's state with the
+    second pair's price and fee rates, at the second cycle's clock, equals the state read for it afresh."""
+    from dataclasses import replace
+
+    from risk.pretrade import risk_state, risk_state_for_pair
+    from risk.selectors import switch_state_for
+
+    account, btc, quotes = book
+    eth = universe["ETH/USD"]
+    checked(book, qty="0.1")  # a position, a recent order, a fee tier read
+    earlier = timezone.now() - timedelta(minutes=10)  # the replay's clock may run ahead of the wall
+    now = timezone.now()
+    first = risk_state(account=account, instrument=btc, quotes=quotes, now=earlier)
+    switch = switch_state_for(account=account)  # as the cycle reads it with the account
+    derived = risk_state_for_pair(
+        first, account=account, instrument=eth, now=now, switch=switch, quotes=quotes
+    )
+    fresh_read = risk_state(account=account, instrument=eth, quotes=quotes, now=now)
+
+    def same(state):  # recent orders are dated by their wall-clock age: compared below
+        return replace(state.snapshot, recent_orders=len(state.snapshot.recent_orders))
+
+    assert derived is not None
+    assert same(derived) == same(fresh_read)
+    # The recent order's age on the second cycle's clock: as a fresh read dates it, give or take the wall
+    # time between the two reads (not the ten minutes the clock moved).
+    (derived_at,), (fresh_at,) = derived.snapshot.recent_orders, fresh_read.snapshot.recent_orders
+    assert abs(derived_at - fresh_at) < timedelta(seconds=1)
+    assert derived.snapshot.prices["ETH/USD"].price == D("3000")
+    assert derived.positions.keys() == fresh_read.positions.keys()
+    # A pair outside the symbols the correlated groups were computed over is read afresh.
+    settings.AETHER_PAIRS = ["BTC/USD"]
+    narrow = risk_state(account=account, instrument=btc, quotes=quotes, now=now)
+    assert "ETH/USD" not in narrow.grouped
+    assert risk_state_for_pair(narrow, account=account, instrument=eth, now=now, switch=switch) is None

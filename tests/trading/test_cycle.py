@@ -69,12 +69,9 @@ def funded(firm, bars):
 
 
 def run(account, bars, instrument=None, **kwargs) -> Cycle:
+    kwargs.setdefault("quotes", fresh_quotes(bars))
     return cycle_run(
-        account=account,
-        instrument=instrument or bars["btc"],
-        bar_open_time=bars["bar"],
-        quotes=fresh_quotes(bars),
-        **kwargs,
+        account=account, instrument=instrument or bars["btc"], bar_open_time=bars["bar"], **kwargs
     )
 
 
@@ -197,8 +194,12 @@ def test_a_stored_closed_bar_queues_the_fan_out_and_the_fan_out_queues_every_acc
     ]
     celery_sent.clear()
     assert tasks.bar_closed(bars["btc"].pk, opened.isoformat()) == 3
-    queued = sorted(args[0] for name, args, _ in celery_sent if name == "trading.cycle_run")
-    assert queued == sorted([firm.company.pk, firm.alice_account.pk, firm.bob_account.pk])
+    # One task per account for the bar's open time: it runs every pair whose bar is closed.
+    queued = sorted(args for name, args, _ in celery_sent if name == "trading.account_cycles")
+    assert queued == sorted(
+        (account.pk, opened.isoformat()) for account in (firm.company, firm.alice_account, firm.bob_account)
+    )
+    assert len(celery_sent) == 3
 
 
 def test_a_forming_bar_queues_nothing(bars, celery_sent, django_capture_on_commit_callbacks):
@@ -463,7 +464,7 @@ def test_a_matching_failure_does_not_cost_the_bar_its_cycles(funded, bars, celer
     monkeypatch.setattr(orders, "sim_orders_match_bar", broken)
     with pytest.raises(RuntimeError, match="matching failed"):
         tasks.bar_closed(bars["btc"].pk, bars["bar"].isoformat())
-    assert len([name for name, _, _ in celery_sent if name == "trading.cycle_run"]) == 3
+    assert len([name for name, _, _ in celery_sent if name == "trading.account_cycles"]) == 3
 
 
 def test_transient_retries_are_capped_apart_from_waiting_for_a_lease(funded, bars, monkeypatch):
@@ -540,3 +541,164 @@ def test_a_hedge_that_cannot_be_evaluated_is_a_problem_on_the_cycle_and_the_nav_
     assert "no volatility inputs" in hedge["problem"]
     nav = next(item for item in cycle.decisions if item["kind"] == "nav")
     assert D(nav["equity"]) > 0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One account's pairs on one bar, in one task
+# ----------------------------------------------------------------------------------------------------------
+
+
+def run_account(account, bars, **kwargs) -> list[Cycle]:
+    return cycle_service.account_cycles_run(
+        account=account, bar_open_time=bars["bar"], quotes=fresh_quotes(bars), **kwargs
+    )
+
+
+def comparable(cycle: Cycle) -> list[dict]:
+    """A cycle's records without what differs between two runs of the same decision (ids, timings)."""
+    drop = {"order_id", "client_order_id", "decision_to_order_ms", "evaluated_by", "recorded_by", "summary"}
+    return [{key: value for key, value in item.items() if key not in drop} for item in cycle.decisions]
+
+
+def test_an_accounts_cycles_run_every_pair_with_a_closed_bar_and_decide_as_separate_cycles_would(
+    funded, firm, bars, settings
+):
+    settings.AETHER_PAIRS = ["BTC/USD", "ETH/USD"]
+    sim_balance_set(
+        account=firm.bob_account, asset="USD", amount=D("100000"), actor=SystemActor("test"), reason="funding"
+    )
+    together = run_account(funded, bars)
+    assert [cycle.instrument.symbol for cycle in together] == ["BTC/USD", "ETH/USD"]
+    apart = [run(firm.bob_account, bars), run(firm.bob_account, bars, instrument=bars["eth"])]
+    for mine, theirs in zip(together, apart, strict=True):
+        assert (mine.status, mine.strategy, mine.signal, mine.reason) == (
+            theirs.status,
+            theirs.strategy,
+            theirs.signal,
+            theirs.reason,
+        )
+        assert comparable(mine) == comparable(theirs)
+    # The hedge and the NAV snapshot once per account and bar, by the first cycle.
+    first, second = together
+    assert hedge_record(first)["summary"].startswith("target ")  # the evaluation's summary for the admin
+    assert hedge_record(second)["evaluated_by"] == first.pk
+    assert nav_record(second)["recorded_by"] == first.pk
+    # A redelivered task does nothing twice.
+    again = run_account(funded, bars)
+    assert [(cycle.pk, cycle.attempts) for cycle in again] == [(cycle.pk, 1) for cycle in together]
+
+
+def test_the_second_pair_reuses_the_accounts_reads_while_nothing_traded(
+    funded, firm, bars, settings, monkeypatch, django_assert_max_num_queries
+):
+    """The state the first pair read (the risk state, the bar's earlier cycles, the bar's candles) serves
+    the second: its cycle costs the claim (3, in a savepoint here), the account (read again after the NAV
+    snapshot, which feeds the kill switch), exits, the champion, the fee rates, the hedge target and the
+    finish; 20 when it read everything itself (the test above)."""
+    settings.AETHER_PAIRS = ["BTC/USD", "ETH/USD"]
+    monkeypatch.setattr(cycle_service, "_strategy_for", lambda account: AlwaysHold())
+    run(firm.bob_account, bars, instrument=bars["eth"])  # the bar's ETH inputs, as another account's cycle
+    context = cycle_service.AccountBar(
+        candles={
+            candle.instrument_id: candle
+            for candle in Candle.objects.filter(open_time=bars["bar"], timeframe=60, closed=True)
+        }
+    )
+    run(funded, bars, context=context)
+    assert context.state is not None
+    assert context.nav_by is not None
+    quotes = fresh_quotes(bars)
+    with django_assert_max_num_queries(12):
+        second = run(funded, bars, instrument=bars["eth"], context=context, quotes=quotes)
+    assert "recorded_by" in nav_record(second)
+    assert "evaluated_by" in hedge_record(second)
+
+
+def test_after_an_entry_the_next_pair_reads_the_moved_book(funded, bars, settings, monkeypatch):
+    settings.AETHER_PAIRS = ["BTC/USD", "ETH/USD"]
+    monkeypatch.setattr(cycle_service, "_strategy_for", lambda account: AlwaysEnter())
+    btc, eth = run_account(funded, bars)
+    assert Order.objects.filter(account=funded, status=OrderStatus.FILLED).count() == 2
+    spent = Order.objects.get(account=funded, instrument=bars["btc"])
+    buying_power = [
+        D(next(item for item in cycle.decisions if item["kind"] == "decision")["buying_power"])
+        for cycle in (btc, eth)
+    ]
+    # ETH was sized on the USD left after the BTC fill, not on the balance before it.
+    assert buying_power[1] < buying_power[0]
+    assert buying_power[0] - buying_power[1] >= spent.filled_quantity * spent.average_fill_price * D("0.5")
+    # Each cycle that traded evaluated the hedge and recorded the NAV itself.
+    for cycle in (btc, eth):
+        assert "evaluated_by" not in hedge_record(cycle)
+        assert "equity" in nav_record(cycle)
+
+
+def test_a_kill_switch_tripped_by_the_first_pairs_snapshot_stops_the_next_pairs_entry(
+    funded, bars, settings, monkeypatch
+):
+    from risk import services as risk_services
+
+    settings.AETHER_PAIRS = ["BTC/USD", "ETH/USD"]
+    monkeypatch.setattr(cycle_service, "_strategy_for", lambda account: AlwaysEnter())
+    record = risk_services.nav_snapshot_record
+
+    def snapshot_then_trip(**kwargs):
+        nav = record(**kwargs)
+        risk_services.killswitch_halt(
+            account=kwargs["account"], actor=SystemActor("test"), reason="test halt"
+        )
+        return nav
+
+    monkeypatch.setattr(risk_services, "nav_snapshot_record", snapshot_then_trip)
+    btc, eth = run_account(funded, bars)
+    assert btc.signal == "enter"
+    assert Order.objects.filter(account=funded, instrument=bars["btc"]).exists()
+    assert eth.status == CycleStatus.SKIPPED
+    assert "halt" in eth.reason.lower()
+    assert not Order.objects.filter(account=funded, instrument=bars["eth"]).exists()
+
+
+def test_a_failing_pair_does_not_stop_the_others_and_the_failure_is_raised(
+    funded, bars, settings, monkeypatch
+):
+    settings.AETHER_PAIRS = ["BTC/USD", "ETH/USD"]
+    market_inputs = cycle_service._market_inputs
+
+    def broken_for_btc(instrument, timeframe, candle):
+        if instrument.symbol == "BTC/USD":
+            raise RuntimeError("features failed (test)")
+        return market_inputs(instrument, timeframe, candle)
+
+    monkeypatch.setattr(cycle_service, "_market_inputs", broken_for_btc)
+    with pytest.raises(RuntimeError, match="features failed"):
+        run_account(funded, bars)
+    statuses = dict(Cycle.objects.filter(account=funded).values_list("instrument__symbol", "status"))
+    assert statuses["BTC/USD"] == CycleStatus.FAILED
+    assert statuses["ETH/USD"] in (CycleStatus.DONE, CycleStatus.SKIPPED)
+    # The retry runs what failed; the finished pair is returned as it is.
+    monkeypatch.setattr(cycle_service, "_market_inputs", market_inputs)
+    cycles = run_account(funded, bars)
+    assert {cycle.instrument.symbol: cycle.attempts for cycle in cycles} == {"BTC/USD": 2, "ETH/USD": 1}
+
+
+def test_the_account_task_retries_a_busy_account_and_the_sweep_queues_one_task_per_account(
+    funded, firm, bars, settings, monkeypatch, celery_sent
+):
+    from celery.exceptions import Retry
+
+    from trading import tasks
+
+    settings.AETHER_PAIRS = ["BTC/USD", "ETH/USD"]
+    assert tasks.cycles_sweep() == 3  # three accounts, two pairs each, one bar
+    queued = sorted(args for name, args, _ in celery_sent if name == "trading.account_cycles")
+    assert queued == sorted(
+        (account.pk, bars["bar"].isoformat())
+        for account in (firm.company, firm.alice_account, firm.bob_account)
+    )
+
+    def busy(**kwargs):
+        raise CycleBusy("alice: cycle #1 holds the lease")
+
+    monkeypatch.setattr(cycle_service, "account_cycles_run", busy)
+    with pytest.raises(Retry):
+        tasks.account_cycles.apply(args=(funded.pk, bars["bar"].isoformat()), throw=True).get()

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -59,6 +59,21 @@ class CycleBusy(Exception):
 
 class CycleError(RuntimeError):
     """The cycle cannot run (e.g. its bar is not stored as closed); the message says why."""
+
+
+@dataclass
+class AccountBar:
+    """What the cycles of one account on one bar, run one after the other by :func:`account_cycles_run`,
+    share instead of reading again: the account with its policies, switch and thresholds (read by the
+    first cycle); the risk state (valid until a cycle's exits or intents place an order, which moves the
+    book); the bar's candles; and which cycle left the hedge evaluated and the NAV recorded on this bar."""
+
+    account: Account | None = None
+    state: object | None = None  # risk.pretrade.RiskState
+    candles: dict = field(default_factory=dict)  # instrument id → the bar's closed Candle
+    hedged_by: int | None = None
+    nav_by: int | None = None
+    looked_back: bool = False  # the bar's earlier cycles (other tasks) were consulted
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -297,13 +312,15 @@ def cycle_run(
     quotes=None,
     broker_factory=None,
     now: datetime | None = None,
+    context: AccountBar | None = None,
 ) -> Cycle:
     """Run (or return, when already done) the cycle of ``account`` on ``instrument``'s closed bar opened at
     ``bar_open_time``; see the module docstring. Raises :class:`CycleBusy` while another cycle of the account
-    runs; any other error marks the cycle ``failed`` (with the error) and is raised."""
+    runs; any other error marks the cycle ``failed`` (with the error) and is raised. ``context``: what the
+    account's cycles on this bar share when :func:`account_cycles_run` runs them one after the other."""
     from risk import engine
     from risk.exits import exits_evaluate
-    from risk.pretrade import order_submit_checked, risk_state
+    from risk.pretrade import order_submit_checked, risk_state, risk_state_for_pair
     from risk.services import NavUnavailable, nav_snapshot_record
     from trading.cycle_core import decide
 
@@ -323,17 +340,25 @@ def cycle_run(
     records: list[dict] = []
     cycle.decisions = records
     try:
-        candle = Candle.objects.filter(
-            instrument=instrument, timeframe=timeframe, open_time=bar_open_time, closed=True
-        ).first()
+        candle = None if context is None else context.candles.get(instrument.pk)
+        if candle is None:
+            candle = Candle.objects.filter(
+                instrument=instrument, timeframe=timeframe, open_time=bar_open_time, closed=True
+            ).first()
         if candle is None:
             raise CycleError(
                 f"{instrument.symbol}: no closed {timeframe}m bar opened at {bar_open_time.isoformat()}"
             )
         bar = candle_bar(candle)
         # The mode and switches as they are now, with the account's risk and hedge policies, kill switch
-        # and strategy thresholds (one read; what the decision below reads of them).
-        account = Account.objects.select_related(*ACCOUNT_STATE).get(pk=account.pk)
+        # and strategy thresholds (one read; what the decision below reads of them; shared with the
+        # account's next cycle on this bar until a NAV snapshot may have moved the kill switch).
+        if context is not None and context.account is not None:
+            account = context.account
+        else:
+            account = Account.objects.select_related(*ACCOUNT_STATE).get(pk=account.pk)
+            if context is not None:
+                context.account = account
 
         # 2. Exits of the open position, by the risk service (one evaluation per bar).
         exit_orders = False
@@ -358,15 +383,36 @@ def cycle_run(
         market = _market_view(inputs)
         risk_policy, switch = _related(account, "risk_policy"), _related(account, "kill_switch")
         policy = engine.RiskPolicy() if risk_policy is None else risk_policy.to_engine()  # engine_policy_for
-        state = risk_state(
-            account=account,
-            instrument=instrument,
-            now=now,
-            quotes=quotes,
-            policy=policy,
-            switch=engine.SwitchState() if switch is None else switch.to_engine(),  # as switch_state_for
-            account_is_current=True,
-        )
+        switch_state = engine.SwitchState() if switch is None else switch.to_engine()  # as switch_state_for
+        state = None
+        if (
+            context is not None
+            and context.state is not None
+            and not exit_orders
+            and instrument.symbol not in context.state.positions
+        ):
+            # The book has not moved since the account's previous cycle on this bar read it, and the pair
+            # holds no position whose exit plan the exits above may just have moved.
+            state = risk_state_for_pair(
+                context.state,
+                account=account,
+                instrument=instrument,
+                now=now,
+                quotes=quotes,
+                switch=switch_state,
+            )
+        if state is None:
+            state = risk_state(
+                account=account,
+                instrument=instrument,
+                now=now,
+                quotes=quotes,
+                policy=policy,
+                switch=switch_state,
+                account_is_current=True,
+            )
+        if context is not None:
+            context.state = state
         snapshot = state.snapshot
         position = state.positions.get(instrument.symbol)
         unresolved = state.unresolved_orders
@@ -466,11 +512,21 @@ def cycle_run(
         # 5. Hedge and NAV snapshot (which feeds the kill switch): each once per account and bar, and again
         # after a cycle that placed an order; see _done_on_this_bar.
         traded = exit_orders or _placed(records)
-        hedged_by, nav_by = (None, None) if traded else _done_on_this_bar(cycle)
+        if context is not None and traded:
+            context.state = None  # the book moved: the next cycle reads it again
+        if traded:
+            hedged_by, nav_by = None, None
+        elif context is not None and context.looked_back:
+            hedged_by, nav_by = context.hedged_by, context.nav_by
+        else:
+            hedged_by, nav_by = _done_on_this_bar(cycle)
         if hedged_by is None:
-            records.extend(
-                _hedge(account=account, actor=actor, now=now, quotes=quotes, broker_factory=broker_factory)
+            hedge_records = _hedge(
+                account=account, actor=actor, now=now, quotes=quotes, broker_factory=broker_factory
             )
+            records.extend(hedge_records)
+            if context is not None and any(item.get("order_ids") for item in hedge_records):
+                context.state = None  # the rebalance sold: the book moved
         else:
             records.append(
                 {
@@ -500,11 +556,75 @@ def cycle_run(
                 records.append(
                     {"kind": "nav", "equity": str(nav.equity), "drawdown_pct": str(nav.drawdown_pct)}
                 )
+            if context is not None:
+                context.account = None  # the snapshot fed the kill switch: the next cycle reads it again
+        if context is not None:
+            context.looked_back = True
+            context.hedged_by = _done_by(
+                cycle.pk, records, kind="hedge", done="summary", relied="evaluated_by"
+            )
+            context.nav_by = _done_by(cycle.pk, records, kind="nav", done="equity", relied="recorded_by")
     except Exception as exc:
         _finish(cycle, status=CycleStatus.FAILED, started=started, error=f"{type(exc).__name__}: {exc}")
         raise
     status = CycleStatus.SKIPPED if decision.skip is not None and not _placed(records) else CycleStatus.DONE
     return _finish(cycle, status=status, started=started)
+
+
+def account_cycles_run(
+    *,
+    account: Account,
+    bar_open_time: datetime,
+    timeframe: int | None = None,
+    actor=CYCLE,
+    quotes=None,
+    broker_factory=None,
+    now: datetime | None = None,
+) -> list[Cycle]:
+    """The account's cycle on every traded pair whose bar opened at ``bar_open_time`` is stored closed, one
+    pair after the other (in symbol order), sharing what the cycles of one account on one bar have in
+    common (:class:`AccountBar`: the account, the risk state until an order moves the book, the hedge and
+    NAV done once). Cycles already finished are returned as they are. A pair's failure is logged, the
+    other pairs still run, and the first failure is raised at the end (a retry runs only what did not
+    finish); :class:`CycleBusy` is raised at once (a retry resumes from the pair it met). What the feed's
+    ``trading.bar_closed`` queues, one task per account."""
+    from trading.selectors import traded_instruments
+
+    timeframe = settings.AETHER_TIMEFRAME if timeframe is None else timeframe
+    traded = {instrument.pk: instrument for instrument in traded_instruments()}
+    candles = list(
+        Candle.objects.filter(
+            instrument_id__in=traded, timeframe=timeframe, open_time=bar_open_time, closed=True
+        )
+    )
+    context = AccountBar(candles={candle.instrument_id: candle for candle in candles})
+    cycles: list[Cycle] = []
+    failure: Exception | None = None
+    for instrument in sorted((traded[candle.instrument_id] for candle in candles), key=lambda i: i.symbol):
+        try:
+            cycles.append(
+                cycle_run(
+                    account=account,
+                    instrument=instrument,
+                    bar_open_time=bar_open_time,
+                    timeframe=timeframe,
+                    actor=actor,
+                    quotes=quotes,
+                    broker_factory=broker_factory,
+                    now=now,
+                    context=context,
+                )
+            )
+        except CycleBusy:
+            raise
+        except Exception as exc:  # recorded on the cycle by cycle_run; the other pairs still run
+            logger.exception("%s %s: cycle failed", account.slug, instrument.symbol)
+            failure = failure or exc
+            # What the failed cycle left in the context is not trusted: the next pair reads afresh.
+            context = AccountBar(candles=context.candles)
+    if failure is not None:
+        raise failure
+    return cycles
 
 
 def _placed(records: list[dict]) -> bool:
@@ -571,7 +691,11 @@ def _hedge(*, account: Account, actor, now: datetime, quotes, broker_factory) ->
     except HedgeUnavailable as exc:
         logger.error("%s: hedge not evaluated: %s", account.slug, exc)
         return [{"kind": "hedge", "problem": str(exc)}]
-    return [{"kind": "hedge", "summary": outcome.summary()}]
+    record = {"kind": "hedge", "summary": outcome.summary()}
+    placed = [item.order_id for item in outcome.outcomes if item.order_id is not None]
+    if placed:
+        record["order_ids"] = placed
+    return [record]
 
 
 # ----------------------------------------------------------------------------------------------------------
