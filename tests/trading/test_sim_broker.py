@@ -11,6 +11,7 @@ import pytest
 
 from trading.brokers.base import Broker, OrderRequest, Side, Status
 from trading.brokers.sim import SimBroker
+from trading.fees import published_rates
 from trading.matching import Bar, Quote, SlippageModel, log_return_volatility
 from trading.models import AccountFeeTier, Balance, Candle, FeedStatus, Fill, Order, OrderStatus
 from trading.quotes import DatabaseQuoteSource, MemoryQuoteSource
@@ -232,6 +233,37 @@ def test_the_orders_own_reservation_counts_as_available(firm, btc):
     report = broker_for(account, live_quote()).submit(request_of(other))
     assert report.status == Status.REJECTED
     assert report.reason.endswith("0 USD available in the simulated book")
+
+
+def test_a_reservation_taken_in_the_same_transaction_pays_without_reading_the_book_unless_short(
+    firm, btc, django_assert_num_queries
+):
+    """``order_record`` tells the simulator what the new order reserved; when that covers the cost the
+    balance is not read again, and when it does not (a fill dearer than the reservation's margin) the book
+    decides as before."""
+    account = firm.alice_account
+    fund(account, "USD", "700", reserved="610")
+    mine = make_order(account, btc, reserved_asset="USD", reserved_amount="610")
+    taken = {mine.client_order_id: ("USD", D("610"))}
+    quotes = MemoryQuoteSource({"BTC/USD": live_quote()})
+    broker = SimBroker(
+        account,
+        quotes=quotes,
+        slippage=FIVE_BPS,
+        clock=lambda: NOW,
+        reservations=taken.get,
+        instruments={"BTC/USD": btc}.get,
+        fees=lambda **_: published_rates(),
+    )
+    with django_assert_num_queries(0):
+        assert broker.submit(request_of(mine)).status == Status.FILLED  # 602.7012 USD ≤ 610 reserved
+    # Reserved less than the fill costs: the book is read, and 600 USD (all of it this order's) is short.
+    short = make_order(account, btc, reserved_asset="USD", reserved_amount="600")
+    taken[short.client_order_id] = ("USD", D("600"))
+    Balance.objects.filter(account=account, asset="USD").update(total=D("600"), reserved=D("600"))
+    report = broker.submit(request_of(short))
+    assert report.status == Status.REJECTED
+    assert report.reason.endswith("600 USD available in the simulated book")
 
 
 def test_a_sell_beyond_the_base_available_is_rejected(firm, btc):

@@ -87,6 +87,7 @@ class SimBroker:
         clock: Callable[[], datetime] = timezone.now,
         fees: Callable[..., FeeRates] | None = None,
         instruments: Callable[[str], Instrument | None] | None = None,
+        reservations: Callable[[str], tuple[str, Decimal] | None] | None = None,
     ) -> None:
         self.account = account
         self.quotes = DatabaseQuoteSource() if quotes is None else quotes
@@ -96,6 +97,9 @@ class SimBroker:
         self.fees = fee_rates_for if fees is None else fees
         # The instrument of a symbol when the caller already holds it (``None``: read from the universe).
         self.instruments = instruments
+        # What an order (by client id) reserved, as (asset, amount), when the caller took the reservation
+        # in this very transaction (``None``: read from the book).
+        self.reservations = reservations
 
     # --- Orders ------------------------------------------------------------------------------------------
 
@@ -267,7 +271,9 @@ class SimBroker:
         return self._book(Order).filter(client_order_id=client_order_id).select_related("instrument").first()
 
     def _funds_problem(self, request: OrderRequest, *, execution: Execution | None, fees: FeeRates) -> str:
-        """Why this account's simulated balances cannot pay for ``request`` ('' when they can)."""
+        """Why this account's simulated balances cannot pay for ``request`` ('' when they can). An order
+        whose own reservation, taken in this transaction from the available balance, covers the need can
+        pay without another read."""
         pair = request.pair
         if request.side == Side.SELL:
             asset, need = pair.base_asset, request.quantity
@@ -282,6 +288,9 @@ class SimBroker:
                 fee = fee_for(price * request.quantity, fees.maker_pct if resting_limit else fees.taker_pct)
             need = price * request.quantity + fee
             what = f"buying {plain(request.quantity)} {pair.base_asset} costs {plain(need)} USD with fees"
+        taken = None if self.reservations is None else self.reservations(request.client_order_id)
+        if taken is not None and taken[0] == asset and need <= taken[1]:
+            return ""
         own = self._book(Order).filter(client_order_id=request.client_order_id, reserved_asset=asset)
         # The balance and what this very order holds of it, in one query.
         row = (

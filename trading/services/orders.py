@@ -179,11 +179,16 @@ def _check_actor(actor, account: Account) -> None:
 def _entry_gates(account: Account) -> list[str]:
     """A buy opens or adds exposure: refused while the account's trading switch is off, a director halted
     it, or its kill switch is latched (sells, which reduce exposure, always pass here)."""
-    from risk.selectors import switch_state_for
+    from django.core.exceptions import ObjectDoesNotExist
+
+    from risk import engine
 
     if not account.trading_enabled:
         return [f"trading is disabled for {account}: no new positions are opened"]
-    state = switch_state_for(account=account)
+    try:  # read with the account's lock (``order_record``)
+        state = account.kill_switch.to_engine()
+    except ObjectDoesNotExist:  # never touched: armed, not halted (as ``risk.selectors.switch_state_for``)
+        state = engine.SwitchState()
     if state.halted:
         return [f"{account} is halted by a director ({state.halt_reason}): no new positions"]
     if state.latched:
@@ -318,6 +323,7 @@ class _ThisOrder:
         self.quotes: dict[int, object] = {}
         self.rates: dict[tuple[int, int], object] = {}
         self.instruments = {} if instrument is None else {instrument.symbol: instrument}
+        self.reserved: dict[str, tuple[str, Decimal]] = {}
 
     def instrument(self, symbol: str) -> Instrument | None:
         return self.instruments.get(symbol)
@@ -334,6 +340,14 @@ class _ThisOrder:
         if key not in self.rates:
             self.rates[key] = fee_rates_for(account=account, instrument=instrument)
         return self.rates[key]
+
+    def reservation(self, client_order_id: str) -> tuple[str, Decimal] | None:
+        """(asset, amount) the order reserved in ``order_record``'s transaction (``None``: not known here)."""
+        return self.reserved.get(client_order_id)
+
+    def remember_reservation(self, order: Order) -> None:
+        if order.reserved_asset and order.reserved_amount > 0:
+            self.reserved[order.client_order_id] = (order.reserved_asset, order.reserved_amount)
 
     def remember_fee_rates(self, *, account, instrument, rates) -> None:
         """The rates ``order_record`` read with the account's lock (what ``fee_rates_for`` answers)."""
@@ -396,8 +410,10 @@ def order_record(
     with transaction.atomic():
         # The account row locked, and the account's fee tier on the pair read in the same statement.
         tier = AccountFeeTier.objects.filter(account=OuterRef("pk"), instrument=instrument).order_by()
+        # Its kill switch too, for a buy's entry gate (only the account row is locked).
         account = (
-            Account.objects.select_for_update(no_key=True)
+            Account.objects.select_for_update(no_key=True, of=("self",))
+            .select_related("kill_switch")
             .annotate(
                 tier_maker_pct=Subquery(tier.values("maker_pct")[:1]),
                 tier_taker_pct=Subquery(tier.values("taker_pct")[:1]),
@@ -458,6 +474,8 @@ def order_record(
             )
         if problems:
             _rejected(order, "; ".join(problems))
+        elif simulate and hasattr(quotes, "remember_reservation"):
+            quotes.remember_reservation(order)  # the simulator's funds check needs no second read
         history: list = []  # the order's history rows, written together once the transaction's work is done
         _save_order(order, history)
         audit_record(
@@ -645,6 +663,7 @@ def _with_quotes(quotes) -> BrokerFactory:
                 quotes=quotes,
                 fees=getattr(quotes, "fee_rates", None),
                 instruments=getattr(quotes, "instrument", None),
+                reservations=getattr(quotes, "reservation", None),
             )
         return default_broker(account, name)
 
