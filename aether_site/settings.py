@@ -340,6 +340,9 @@ PROTECTIVE_STOP_STEP_PCT = env.decimal("PROTECTIVE_STOP_STEP_PCT", "1")
 # Kraken submission's worst case per order (entry, exit, protective stop).
 CYCLE_LEASE_SECONDS = env.int("CYCLE_LEASE_SECONDS", int(3 * KRAKEN_SUBMIT_WORST_SECONDS) + 120, minimum=10)
 CYCLE_BUSY_RETRY_SECONDS = env.int("CYCLE_BUSY_RETRY_SECONDS", 2, minimum=1)
+# A closed bar whose traded pairs' bars of the same open time are not all stored yet queues the accounts'
+# cycles this much later (the last pair's bar queues them at once).
+CYCLE_PAIRS_WAIT_SECONDS = env.int("CYCLE_PAIRS_WAIT_SECONDS", 10, minimum=0)
 # How often beat looks for closed bars without a cycle (the feed also starts cycles as each bar closes).
 CYCLE_SWEEP_EVERY_SECONDS = env.int("CYCLE_SWEEP_EVERY_SECONDS", 60, minimum=5)
 if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):

@@ -34,7 +34,9 @@ def bar_closed(instrument_id: int, bar_open_time: str) -> int:
     """A closed bar of ``AETHER_TIMEFRAME`` was stored (by the feed or a replay): match the resting simulated
     orders on it, then queue every account's strategy cycles for its open time (``trading.account_cycles``:
     one task per account runs every pair whose bar with that open time is closed, so the pairs of one
-    account never wait on each other's lease). Returns how many tasks were queued."""
+    account never wait on each other's lease). Returns how many tasks were queued (one per account; when
+    other traded pairs' bars of the same open time are not stored yet, they are queued to run after
+    ``CYCLE_PAIRS_WAIT_SECONDS``, and the last pair's bar queues them at once)."""
     from datetime import datetime
 
     from django.conf import settings
@@ -42,6 +44,7 @@ def bar_closed(instrument_id: int, bar_open_time: str) -> int:
     from accounts.models import Account
     from trading.models import Candle, Instrument
     from trading.quotes import candle_bar
+    from trading.selectors import traded_instruments
     from trading.services.orders import sim_orders_match_bar
 
     instrument = Instrument.objects.get(pk=instrument_id)
@@ -53,8 +56,18 @@ def bar_closed(instrument_id: int, bar_open_time: str) -> int:
     try:
         sim_orders_match_bar(instrument=instrument, bar=candle_bar(candle), actor=SystemActor("sim_broker"))
     finally:  # a matching failure (raised, and logged by Celery) never costs the bar its cycles
+        # Every traded pair's bar of this open time closes at once, each stored (and fanned out) on its
+        # own: the last one to arrive queues the accounts' tasks at once; an earlier one queues them after
+        # CYCLE_PAIRS_WAIT_SECONDS, in case a pair's bar never comes (they find their cycles done when it
+        # did). So one task per account runs the bar's pairs together instead of three meeting each
+        # other's lease.
+        traded = traded_instruments()
+        closed = Candle.objects.filter(
+            instrument__in=traded, timeframe=settings.AETHER_TIMEFRAME, open_time=opened, closed=True
+        ).count()
+        countdown = None if closed >= len(traded) else settings.CYCLE_PAIRS_WAIT_SECONDS
         for account_id in ids:
-            account_cycles.delay(account_id, bar_open_time)
+            account_cycles.apply_async((account_id, bar_open_time), countdown=countdown)
     return len(ids)
 
 

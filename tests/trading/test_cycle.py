@@ -181,7 +181,7 @@ def test_a_missing_bar_fails_the_cycle_loudly_and_a_retry_may_run_it(funded, bar
 
 
 def test_a_stored_closed_bar_queues_the_fan_out_and_the_fan_out_queues_every_account(
-    firm, bars, celery_sent, django_capture_on_commit_callbacks
+    firm, bars, celery_sent, django_capture_on_commit_callbacks, settings
 ):
     from trading import tasks
 
@@ -193,13 +193,24 @@ def test_a_stored_closed_bar_queues_the_fan_out_and_the_fan_out_queues_every_acc
         ("trading.bar_closed", (bars["btc"].pk, opened.isoformat()))
     ]
     celery_sent.clear()
+    settings.AETHER_PAIRS = ["BTC/USD", "ETH/USD"]
     assert tasks.bar_closed(bars["btc"].pk, opened.isoformat()) == 3
-    # One task per account for the bar's open time: it runs every pair whose bar is closed.
-    queued = sorted(args for name, args, _ in celery_sent if name == "trading.account_cycles")
-    assert queued == sorted(
+    # One task per account for the bar's open time: it runs every pair whose bar is closed. ETH's bar of
+    # that hour is not stored yet: the tasks wait CYCLE_PAIRS_WAIT_SECONDS in case it never comes.
+    expected = sorted(
         (account.pk, opened.isoformat()) for account in (firm.company, firm.alice_account, firm.bob_account)
     )
+    assert sorted(args for name, args, _ in celery_sent if name == "trading.account_cycles") == expected
+    assert {options["countdown"] for _, _, options in celery_sent} == {settings.CYCLE_PAIRS_WAIT_SECONDS}
     assert len(celery_sent) == 3
+    # ETH's bar arrives: the last pair's bar queues the tasks at once.
+    celery_sent.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        feed_bars_store(instrument=bars["eth"], timeframe=60, rows=[row], source=Candle.Source.REPLAY)
+    celery_sent.clear()
+    assert tasks.bar_closed(bars["eth"].pk, opened.isoformat()) == 3
+    assert sorted(args for name, args, _ in celery_sent if name == "trading.account_cycles") == expected
+    assert {options["countdown"] for _, _, options in celery_sent} == {None}
 
 
 def test_a_forming_bar_queues_nothing(bars, celery_sent, django_capture_on_commit_callbacks):
