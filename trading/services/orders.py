@@ -179,16 +179,13 @@ def _check_actor(actor, account: Account) -> None:
 def _entry_gates(account: Account) -> list[str]:
     """A buy opens or adds exposure: refused while the account's trading switch is off, a director halted
     it, or its kill switch is latched (sells, which reduce exposure, always pass here)."""
-    from django.core.exceptions import ObjectDoesNotExist
-
-    from risk import engine
+    from risk.selectors import switch_state_for
 
     if not account.trading_enabled:
         return [f"trading is disabled for {account}: no new positions are opened"]
-    try:  # read with the account's lock (``order_record``)
-        state = account.kill_switch.to_engine()
-    except ObjectDoesNotExist:  # never touched: armed, not halted (as ``risk.selectors.switch_state_for``)
-        state = engine.SwitchState()
+    # Read after the account's lock, in its own statement: a row joined to the locking read would be the
+    # version from before a trip that committed while this order waited for the lock.
+    state = switch_state_for(account=account)
     if state.halted:
         return [f"{account} is halted by a director ({state.halt_reason}): no new positions"]
     if state.latched:
@@ -410,10 +407,8 @@ def order_record(
     with transaction.atomic():
         # The account row locked, and the account's fee tier on the pair read in the same statement.
         tier = AccountFeeTier.objects.filter(account=OuterRef("pk"), instrument=instrument).order_by()
-        # Its kill switch too, for a buy's entry gate (only the account row is locked).
         account = (
-            Account.objects.select_for_update(no_key=True, of=("self",))
-            .select_related("kill_switch")
+            Account.objects.select_for_update(no_key=True)
             .annotate(
                 tier_maker_pct=Subquery(tier.values("maker_pct")[:1]),
                 tier_taker_pct=Subquery(tier.values("taker_pct")[:1]),
