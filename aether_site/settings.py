@@ -347,9 +347,10 @@ CYCLE_PAIRS_WAIT_SECONDS = env.int("CYCLE_PAIRS_WAIT_SECONDS", 10, minimum=0)
 CYCLE_SWEEP_EVERY_SECONDS = env.int("CYCLE_SWEEP_EVERY_SECONDS", 60, minimum=5)
 if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
     # A task taken by a worker that died is delivered again after this long (late acknowledgement): a
-    # strategy cycle (acks_late) then resumes. Longer than the longest cycle (its lease), so a slow cycle
-    # is not delivered twice while it runs (a second delivery would only wait for the lease anyway).
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CYCLE_LEASE_SECONDS + 60}
+    # strategy cycle (acks_late) then resumes. Longer than the longest account task (one lease per traded
+    # pair, run one after the other), so a slow task is not delivered twice while it runs (a second
+    # delivery would only wait for the lease anyway).
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": len(AETHER_PAIRS) * CYCLE_LEASE_SECONDS + 60}
 # How often beat evaluates every account's hedge besides the cycles (a book moved by a director's order).
 HEDGE_EVALUATE_EVERY_SECONDS = env.int("HEDGE_EVALUATE_EVERY_SECONDS", 900, minimum=60)
 

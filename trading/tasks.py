@@ -44,7 +44,7 @@ def bar_closed(instrument_id: int, bar_open_time: str) -> int:
     from accounts.models import Account
     from trading.models import Candle, Instrument
     from trading.quotes import candle_bar
-    from trading.selectors import traded_instruments
+    from trading.services.cycle import configured_instruments, pairs_wait_seconds
     from trading.services.orders import sim_orders_match_bar
 
     instrument = Instrument.objects.get(pk=instrument_id)
@@ -61,11 +61,11 @@ def bar_closed(instrument_id: int, bar_open_time: str) -> int:
         # CYCLE_PAIRS_WAIT_SECONDS, in case a pair's bar never comes (they find their cycles done when it
         # did). So one task per account runs the bar's pairs together instead of three meeting each
         # other's lease.
-        traded = traded_instruments()
+        traded = configured_instruments()
         closed = Candle.objects.filter(
             instrument__in=traded, timeframe=settings.AETHER_TIMEFRAME, open_time=opened, closed=True
         ).count()
-        countdown = None if closed >= len(traded) else settings.CYCLE_PAIRS_WAIT_SECONDS
+        countdown = None if closed >= len(traded) else pairs_wait_seconds()
         for account_id in ids:
             account_cycles.apply_async((account_id, bar_open_time), countdown=countdown)
     return len(ids)

@@ -647,26 +647,79 @@ def test_after_an_entry_the_next_pair_reads_the_moved_book(funded, bars, setting
 def test_a_kill_switch_tripped_by_the_first_pairs_snapshot_stops_the_next_pairs_entry(
     funded, bars, settings, monkeypatch
 ):
+    from datetime import date
+
+    from risk import services as risk_services
+    from risk.models import KillSwitch
+
+    settings.AETHER_PAIRS = ["BTC/USD", "ETH/USD"]
+    monkeypatch.setattr(cycle_service, "_strategy_for", lambda account: AlwaysEnter())
+    record = risk_services.nav_snapshot_record
+
+    def snapshot_that_trips(**kwargs):
+        """The snapshot, and the trip it records when the day's drawdown reaches the limit."""
+        nav = record(**kwargs)
+        KillSwitch.objects.filter(account=kwargs["account"]).update(
+            status="tripped", tripped_on=date.today(), reason="daily drawdown 3.1 % >= 3 % (test)"
+        )
+        nav.kill_switch_status = "tripped"
+        return nav
+
+    monkeypatch.setattr(risk_services, "nav_snapshot_record", snapshot_that_trips)
+    btc, eth = run_account(funded, bars)
+    assert btc.signal == "enter"
+    assert Order.objects.filter(account=funded, instrument=bars["btc"]).exists()
+    assert eth.status == CycleStatus.SKIPPED
+    assert "latched" in eth.reason.lower() or "kill switch" in eth.reason.lower()
+    assert not Order.objects.filter(account=funded, instrument=bars["eth"]).exists()
+
+
+def test_a_halt_between_two_pairs_is_enforced_when_the_entry_is_checked(
+    funded, firm, bars, settings, monkeypatch
+):
+    """A halt a director sets between two pairs of a batch stops the second pair's entry: its cycle reads
+    the account afresh after the first pair's hedge evaluation, and were the account shared, the entry is
+    checked again on fresh state before anything is recorded."""
     from risk import services as risk_services
 
     settings.AETHER_PAIRS = ["BTC/USD", "ETH/USD"]
     monkeypatch.setattr(cycle_service, "_strategy_for", lambda account: AlwaysEnter())
     record = risk_services.nav_snapshot_record
 
-    def snapshot_then_trip(**kwargs):
+    def snapshot_then_halt(**kwargs):
         nav = record(**kwargs)
-        risk_services.killswitch_halt(
-            account=kwargs["account"], actor=SystemActor("test"), reason="test halt"
-        )
+        killswitch_halt(account=kwargs["account"], actor=firm.owner, reason="news (test)")
         return nav
 
-    monkeypatch.setattr(risk_services, "nav_snapshot_record", snapshot_then_trip)
-    btc, eth = run_account(funded, bars)
-    assert btc.signal == "enter"
-    assert Order.objects.filter(account=funded, instrument=bars["btc"]).exists()
-    assert eth.status == CycleStatus.SKIPPED
-    assert "halt" in eth.reason.lower()
+    monkeypatch.setattr(risk_services, "nav_snapshot_record", snapshot_then_halt)
+    _, eth = run_account(funded, bars)
+    assert Order.objects.get(account=funded, instrument=bars["btc"]).status == OrderStatus.FILLED
     assert not Order.objects.filter(account=funded, instrument=bars["eth"]).exists()
+    refused = [item for item in eth.decisions if item["kind"] == "order"]
+    if refused:  # decided on a shared account: refused by the check on fresh state
+        assert (refused[0]["verdict"], refused[0]["codes"]) == ("reject", ["halted"])
+    else:  # decided on a fresh read of the account: skipped
+        assert eth.status == CycleStatus.SKIPPED
+        assert "news (test)" in eth.reason
+
+
+def test_a_pair_finished_by_another_task_makes_the_next_pair_read_afresh(funded, bars, settings, monkeypatch):
+    settings.AETHER_PAIRS = ["BTC/USD", "ETH/USD", "SOL/USD"]
+    monkeypatch.setattr(cycle_service, "_strategy_for", lambda account: AlwaysHold())
+    context = cycle_service.AccountBar()
+    run(funded, bars, context=context)
+    assert context.state is not None
+    run(funded, bars, context=context)  # BTC again: finished already (as by another task)
+    assert context.state is None
+    assert context.account is None
+    assert not context.looked_back
+
+
+def test_a_configured_pair_missing_from_the_universe_does_not_stop_the_others(funded, bars, settings, caplog):
+    settings.AETHER_PAIRS = ["BTC/USD", "ETH/USD", "NOPE/USD"]
+    cycles = run_account(funded, bars)
+    assert [cycle.instrument.symbol for cycle in cycles] == ["BTC/USD", "ETH/USD"]
+    assert "NOPE/USD not in the synced universe" in caplog.text
 
 
 def test_a_failing_pair_does_not_stop_the_others_and_the_failure_is_raised(

@@ -75,6 +75,11 @@ class AccountBar:
     nav_by: int | None = None
     looked_back: bool = False  # the bar's earlier cycles (other tasks) were consulted
 
+    def reset(self) -> None:
+        """Forget everything but the bar's candles: the next cycle reads the account afresh."""
+        self.account = self.state = self.hedged_by = self.nav_by = None
+        self.looked_back = False
+
 
 # ----------------------------------------------------------------------------------------------------------
 # Claim and finish
@@ -335,6 +340,8 @@ def cycle_run(
         now=timezone.now(),
     )
     if not run:
+        if context is not None:  # finished by another task, which may have moved the book: read afresh
+            context.reset()
         return cycle
     started = time.perf_counter()
     records: list[dict] = []
@@ -525,8 +532,12 @@ def cycle_run(
                 account=account, actor=actor, now=now, quotes=quotes, broker_factory=broker_factory
             )
             records.extend(hedge_records)
-            if context is not None and any(item.get("order_ids") for item in hedge_records):
-                context.state = None  # the rebalance sold: the book moved
+            if context is not None:
+                # The evaluation may have created the policy or ended a lapsed override: the next cycle
+                # reads the account (with its hedge policy) again; a rebalance that sold moved the book.
+                context.account = None
+                if any(item.get("order_ids") for item in hedge_records):
+                    context.state = None
         else:
             records.append(
                 {
@@ -554,10 +565,17 @@ def cycle_run(
                 records.append({"kind": "nav", "problem": str(exc)})
             else:
                 records.append(
-                    {"kind": "nav", "equity": str(nav.equity), "drawdown_pct": str(nav.drawdown_pct)}
+                    {
+                        "kind": "nav",
+                        "equity": str(nav.equity),
+                        "drawdown_pct": str(nav.drawdown_pct),
+                        "kill_switch": nav.kill_switch_status,
+                    }
                 )
-            if context is not None:
-                context.account = None  # the snapshot fed the kill switch: the next cycle reads it again
+            if context is not None and _switch_moved(account, records):
+                # The snapshot fed the kill switch and it is (or went) tripped: enforcement may cancel
+                # orders and flatten positions. The next cycle reads the account and the book afresh.
+                context.account = context.state = None
         if context is not None:
             context.looked_back = True
             context.hedged_by = _done_by(
@@ -588,10 +606,8 @@ def account_cycles_run(
     other pairs still run, and the first failure is raised at the end (a retry runs only what did not
     finish); :class:`CycleBusy` is raised at once (a retry resumes from the pair it met). What the feed's
     ``trading.bar_closed`` queues, one task per account."""
-    from trading.selectors import traded_instruments
-
     timeframe = settings.AETHER_TIMEFRAME if timeframe is None else timeframe
-    traded = {instrument.pk: instrument for instrument in traded_instruments()}
+    traded = {instrument.pk: instrument for instrument in configured_instruments()}
     candles = list(
         Candle.objects.filter(
             instrument_id__in=traded, timeframe=timeframe, open_time=bar_open_time, closed=True
@@ -625,6 +641,37 @@ def account_cycles_run(
     if failure is not None:
         raise failure
     return cycles
+
+
+def _switch_moved(account: Account, records: list[dict]) -> bool:
+    """Did this cycle's NAV snapshot leave the kill switch anything but armed as it was read (a trip, a
+    re-arm, or enforcement of a latched switch)? Unknown (no snapshot recorded) counts as moved."""
+    nav = next((item for item in records if item.get("kind") == "nav"), None)
+    switch = _related(account, "kill_switch")
+    before = "armed" if switch is None else switch.status
+    return nav is None or "equity" not in nav or nav.get("kill_switch") != "armed" or before != "armed"
+
+
+def pairs_wait_seconds() -> float:
+    """How long a closed bar's fan-out waits for the other traded pairs' bars of the same open time:
+    ``CYCLE_PAIRS_WAIT_SECONDS``, and in a replay at most half a replayed bar (a longer wait would make
+    the bar stale before its cycles run)."""
+    wait = float(settings.CYCLE_PAIRS_WAIT_SECONDS)
+    if settings.AETHER_MARKET_DATA == "replay":
+        wait = min(wait, float(settings.EMBEDDED_SECONDS_PER_BAR) / 2)
+    return wait
+
+
+def configured_instruments() -> list[Instrument]:
+    """The instruments of ``AETHER_PAIRS`` that the universe holds, whatever their status: a pair Kraken
+    has put in cancel-only or delisted still needs its exits watched (the risk checks refuse new entries
+    on it). A configured pair missing from the universe is logged, never allowed to stop the others."""
+    symbols = list(settings.AETHER_PAIRS)
+    found = list(Instrument.objects.filter(symbol__in=symbols))
+    missing = sorted(set(symbols) - {instrument.symbol for instrument in found})
+    if missing:
+        logger.error("AETHER_PAIRS: %s not in the synced universe; no cycles for them", ", ".join(missing))
+    return found
 
 
 def _placed(records: list[dict]) -> bool:
