@@ -367,6 +367,14 @@ def main() -> None:
             f"{newest:%Y-%m-%d %H:%M} UTC; sizes {sizes}; strategies {strategies}"
         )
         if args.celery:
+            # Messages another run left on the broker (e.g. bench/order_path.py's fill snapshots, for
+            # accounts of a database since dropped) would be worked through before this round's tasks.
+            from aether_site.celery import app
+
+            with app.connection_for_write() as broker:
+                purged = app.control.purge(connection=broker)
+            if purged:
+                print(f"purged {purged} message(s) other runs left on the broker's queues")
             worker = worker_start(queue_dir)
             time.sleep(8)  # the worker's start-up (Django, the app) is not part of a round
         for strategy in strategies:

@@ -93,12 +93,24 @@ def main() -> None:
     from django.utils import timezone
 
     from accounts.models import Account
+    from aether_site.celery import app
     from governance.actors import SystemActor
     from trading.brokers.kraken import KrakenKeys
     from trading.models import FeedStatus, Instrument, Order, OrderStatus
     from trading.services.orders import kraken_broker, order_submit, sim_balance_set
     from trading.services.reconcile import reconcile_account
 
+    def queued() -> int:
+        """Messages waiting on the broker's default queue (where the fills' NAV snapshots go)."""
+        from kombu.exceptions import ChannelError
+
+        with app.connection_for_write() as broker:
+            try:
+                return broker.default_channel.queue_declare(queue="trading", passive=True).message_count
+            except ChannelError:  # no such queue yet: nothing waits
+                return 0
+
+    waiting_before = queued()
     try:
         call_command("migrate", verbosity=0)
         call_command("sync_universe", "--from-file", stdout=open(os.devnull, "w"))  # noqa: SIM115
@@ -179,6 +191,13 @@ def main() -> None:
         vendor = connection.vendor
         connection.close()
     finally:
+        # No worker consumes the fills' NAV snapshots here: take them off the broker again (they name
+        # accounts of the throwaway database), unless something else was waiting there before the run.
+        if waiting_before == 0:
+            with app.connection_for_write() as broker:
+                app.control.purge(connection=broker)
+        else:
+            print(f"bench/order_path.py: {waiting_before} message(s) were already queued; left in place")
         fake.stop()
         if bench_db:
             drop_postgres_database(admin_url, bench_db)
