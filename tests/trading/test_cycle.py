@@ -766,3 +766,10 @@ def test_the_account_task_retries_a_busy_account_and_the_sweep_queues_one_task_p
     monkeypatch.setattr(cycle_service, "account_cycles_run", busy)
     with pytest.raises(Retry):
         tasks.account_cycles.apply(args=(funded.pk, bars["bar"].isoformat()), throw=True).get()
+
+
+def test_the_sweep_still_queues_the_other_pairs_when_a_configured_pair_is_missing(
+    funded, firm, bars, settings
+):
+    settings.AETHER_PAIRS = ["BTC/USD", "NOPE/USD"]
+    assert {instrument for _, instrument, _ in cycles_due()} == {bars["btc"].pk}

@@ -755,12 +755,10 @@ def cycles_due(*, timeframe: int | None = None) -> list[tuple[int, int, datetime
     has no finished cycle for: what beat's sweep queues (the feed queues cycles as bars close; the sweep
     catches what a restart or a lost message missed). Older bars are not caught up: a cycle decides on the
     newest bar only."""
-    from trading.selectors import traded_instruments
-
     timeframe = settings.AETHER_TIMEFRAME if timeframe is None else timeframe
     due = []
     accounts = list(Account.objects.order_by("pk").values_list("pk", flat=True))
-    for instrument in traded_instruments():
+    for instrument in configured_instruments():
         newest = (
             Candle.objects.filter(instrument=instrument, timeframe=timeframe, closed=True)
             .order_by("-open_time")
