@@ -119,6 +119,9 @@ def _database_from_url(url: str) -> dict:
     options = config.setdefault("OPTIONS", {})
     if engine.endswith("postgresql"):
         options.setdefault("connect_timeout", env.int("DATABASE_CONNECT_TIMEOUT", 5, minimum=1))
+        # Parameters bound by the server and statements prepared from their second use on a connection:
+        # the order path and the strategy cycle repeat the same statements (docs/benchmarks.md). A
+        # transaction-mode pooler (PgBouncer) in front would need its max_prepared_statements set.
         options.setdefault("server_side_binding", True)
         options.setdefault("prepare_threshold", 2)
     else:
