@@ -64,9 +64,11 @@ class CycleError(RuntimeError):
 @dataclass
 class AccountBar:
     """What the cycles of one account on one bar, run one after the other by :func:`account_cycles_run`,
-    share instead of reading again: the account with its policies, switch and thresholds (read by the
-    first cycle); the risk state (valid until a cycle's exits or intents place an order, which moves the
-    book); the bar's candles; and which cycle left the hedge evaluated and the NAV recorded on this bar."""
+    share instead of reading again: the bar's candles; the account with its policies, switch and
+    thresholds (read again after a hedge evaluation or a NAV snapshot that left the switch tripped); the
+    risk state (read again after an exit, an entry or a hedge sale moved the book, and for a pair with an
+    open position); and which cycle left the hedge evaluated and the NAV recorded on this bar. A pair
+    finished by another task, or a failed one, resets it all but the candles."""
 
     account: Account | None = None
     state: object | None = None  # risk.pretrade.RiskState
@@ -636,8 +638,7 @@ def account_cycles_run(
         except Exception as exc:  # recorded on the cycle by cycle_run; the other pairs still run
             logger.exception("%s %s: cycle failed", account.slug, instrument.symbol)
             failure = failure or exc
-            # What the failed cycle left in the context is not trusted: the next pair reads afresh.
-            context = AccountBar(candles=context.candles)
+            context.reset()  # what the failed cycle left in it is not trusted: the next pair reads afresh
     if failure is not None:
         raise failure
     return cycles
