@@ -34,9 +34,9 @@ def bar_closed(instrument_id: int, bar_open_time: str) -> int:
     """A closed bar of ``AETHER_TIMEFRAME`` was stored (by the feed or a replay): match the resting simulated
     orders on it, then queue every account's strategy cycles for its open time (``trading.account_cycles``:
     one task per account runs every pair whose bar with that open time is closed, so the pairs of one
-    account never wait on each other's lease). Returns how many tasks were queued (one per account; when
-    other traded pairs' bars of the same open time are not stored yet, they are queued to run after
-    ``CYCLE_PAIRS_WAIT_SECONDS``, and the last pair's bar queues them at once)."""
+    account never wait on each other's lease). Returns how many tasks were queued: one per account, at
+    once by the fan-out of the pair whose bar was written last once every traded pair's bar of that open
+    time is stored (the others queue none), or after ``CYCLE_PAIRS_WAIT_SECONDS`` while some are not."""
     from datetime import datetime
 
     from django.conf import settings
@@ -57,15 +57,21 @@ def bar_closed(instrument_id: int, bar_open_time: str) -> int:
         sim_orders_match_bar(instrument=instrument, bar=candle_bar(candle), actor=SystemActor("sim_broker"))
     finally:  # a matching failure (raised, and logged by Celery) never costs the bar its cycles
         # Every traded pair's bar of this open time closes at once, each stored (and fanned out) on its
-        # own: the last one to arrive queues the accounts' tasks at once; an earlier one queues them after
-        # CYCLE_PAIRS_WAIT_SECONDS, in case a pair's bar never comes (they find their cycles done when it
-        # did). So one task per account runs the bar's pairs together instead of three meeting each
-        # other's lease.
+        # own. Once all are stored, the fan-out of the one written last queues the accounts' tasks at
+        # once and the others queue nothing (beat's sweep is the net); while some are missing, each
+        # queues them after CYCLE_PAIRS_WAIT_SECONDS, in case a pair's bar never comes (they find their
+        # cycles done when it did). So one task per account runs the bar's pairs together instead of
+        # three meeting each other's lease.
         traded = configured_instruments()
-        closed = Candle.objects.filter(
-            instrument__in=traded, timeframe=settings.AETHER_TIMEFRAME, open_time=opened, closed=True
-        ).count()
-        countdown = None if closed >= len(traded) else pairs_wait_seconds()
+        written = sorted(
+            Candle.objects.filter(
+                instrument__in=traded, timeframe=settings.AETHER_TIMEFRAME, open_time=opened, closed=True
+            ).values_list("updated_at", "instrument_id")
+        )
+        complete = len(written) >= len(traded)
+        if complete and written[-1][1] != instrument_id:
+            ids = []  # another pair's fan-out queues them (a return here would swallow a matching error)
+        countdown = None if complete else pairs_wait_seconds()
         for account_id in ids:
             account_cycles.apply_async((account_id, bar_open_time), countdown=countdown)
     return len(ids)

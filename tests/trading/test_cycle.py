@@ -211,6 +211,10 @@ def test_a_stored_closed_bar_queues_the_fan_out_and_the_fan_out_queues_every_acc
     assert tasks.bar_closed(bars["eth"].pk, opened.isoformat()) == 3
     assert sorted(args for name, args, _ in celery_sent if name == "trading.account_cycles") == expected
     assert {options["countdown"] for _, _, options in celery_sent} == {None}
+    # BTC's fan-out running only now (both bars stored, ETH's written last) queues nothing more.
+    celery_sent.clear()
+    assert tasks.bar_closed(bars["btc"].pk, opened.isoformat()) == 0
+    assert celery_sent == []
 
 
 def test_a_forming_bar_queues_nothing(bars, celery_sent, django_capture_on_commit_callbacks):
@@ -465,7 +469,9 @@ def test_a_cycle_that_relies_on_the_bars_hedge_and_nav_reads_a_bounded_number_of
     assert "evaluated_by" in hedge_record(second)
 
 
-def test_a_matching_failure_does_not_cost_the_bar_its_cycles(funded, bars, celery_sent, monkeypatch):
+def test_a_matching_failure_does_not_cost_the_bar_its_cycles(
+    funded, bars, celery_sent, monkeypatch, settings
+):
     from trading import tasks
     from trading.services import orders
 
@@ -476,6 +482,12 @@ def test_a_matching_failure_does_not_cost_the_bar_its_cycles(funded, bars, celer
     with pytest.raises(RuntimeError, match="matching failed"):
         tasks.bar_closed(bars["btc"].pk, bars["bar"].isoformat())
     assert len([name for name, _, _ in celery_sent if name == "trading.account_cycles"]) == 3
+    # A pair whose fan-out leaves the queuing to the pair written last still raises its matching error.
+    settings.AETHER_PAIRS = ["BTC/USD", "ETH/USD"]
+    celery_sent.clear()
+    with pytest.raises(RuntimeError, match="matching failed"):
+        tasks.bar_closed(bars["btc"].pk, bars["bar"].isoformat())
+    assert celery_sent == []
 
 
 def test_transient_retries_are_capped_apart_from_waiting_for_a_lease(funded, bars, monkeypatch):
