@@ -299,8 +299,8 @@ def risk_state_for_pair(
     one after the other and reads the state again after any order. ``account`` (its mode and switches) and
     ``switch`` (its kill switch's state) are as the caller has just read them. ``None`` when ``state``
     cannot serve (the pair is outside the symbols its correlated groups were computed over, or the account
-    changed books): read it with :func:`risk_state` then. Two reads (the quote, the fee rates) instead of
-    the eleven of a full state."""
+    changed books): read it with :func:`risk_state` then. It reads the pair's quote (two statements from
+    the database's quote source) and its fee rates (one) instead of the eleven of a full state."""
     from trading.quotes import DatabaseQuoteSource
 
     snapshot = state.snapshot
