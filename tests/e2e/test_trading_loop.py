@@ -239,17 +239,15 @@ class Stack:
 
     def kill_while_running(self, opened: datetime) -> list[int]:
         """SIGKILL the worker's process group as soon as a cycle of the bar opened at ``opened`` is running;
-        returns the running cycles' ids ([] when they all finished before one was seen running)."""
+        returns the ids of the cycles the kill interrupted ([] when they all finished before one was seen
+        running). Those are read once the worker is dead: between the look and the kill, an account task
+        may have finished the cycle seen and claimed its next pair's."""
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            running = list(
-                Cycle.objects.filter(bar_open_time=opened, status=CycleStatus.RUNNING).values_list(
-                    "pk", flat=True
-                )
-            )
-            if running:
+            if Cycle.objects.filter(bar_open_time=opened, status=CycleStatus.RUNNING).exists():
                 self.worker.kill()
-                return running
+                time.sleep(0.5)  # a commit the dead worker had sent is visible by then
+                return list(Cycle.objects.filter(status=CycleStatus.RUNNING).values_list("pk", flat=True))
             if Cycle.objects.filter(bar_open_time=opened, status__in=FINISHED).count() >= 3 * len(PAIRS):
                 return []
             time.sleep(0.002)
@@ -271,8 +269,7 @@ def test_three_accounts_trade_replayed_bars_on_a_real_worker_and_beat_and_surviv
         stack.feed(opened, hours[opened])
         if index >= kill_at and not killed:
             killed = stack.kill_while_running(opened)
-            if killed:
-                assert not stack.worker.running
+            if not stack.worker.running:  # killed (if it interrupted nothing, a later bar tries again)
                 stack.worker.start()
                 stack.worker.wait_for_log(" ready.", timeout=60)
                 # the killed cycles are resumed once their lease lapses (CYCLE_LEASE_SECONDS), queued again by
