@@ -637,6 +637,54 @@ def test_the_second_pair_reuses_the_accounts_reads_while_nothing_traded(
     assert "evaluated_by" in hedge_record(second)
 
 
+def test_the_account_is_read_again_only_after_a_hedge_evaluation_that_wrote_the_hedge_policy(
+    funded, firm, bars, settings, monkeypatch
+):
+    """An account's first evaluation creates its hedge policy (the core's defaults), and one that ends a
+    lapsed manual override writes it: the next pair reads the account, with that policy, again. An
+    evaluation that leaves the policy as it was does not make it read again."""
+    from hedging.models import HedgePolicy
+    from hedging.services import hedge_policy_for
+
+    settings.AETHER_PAIRS = ["BTC/USD", "ETH/USD"]
+    monkeypatch.setattr(cycle_service, "_strategy_for", lambda account: AlwaysHold())
+    for account in (firm.bob_account, firm.company):
+        sim_balance_set(
+            account=account, asset="USD", amount=D("100000"), actor=firm.director, reason="funding"
+        )
+
+    def evaluated(account) -> cycle_service.AccountBar:
+        context = cycle_service.AccountBar()
+        cycle = run(account, bars, context=context)
+        assert hedge_record(cycle)["summary"].startswith("target ")  # evaluated by this cycle
+        return context
+
+    # No policy yet: created by the evaluation.
+    assert not HedgePolicy.objects.filter(account=funded).exists()
+    context = evaluated(funded)
+    assert HedgePolicy.objects.filter(account=funded).exists()
+    assert context.account is None
+
+    # A policy that the evaluation leaves as it was.
+    policy = hedge_policy_for(account=firm.bob_account)
+    context = evaluated(firm.bob_account)
+    assert context.account is not None
+    assert context.account.hedge_policy.pk == policy.pk
+    assert HedgePolicy.objects.get(pk=policy.pk).mode == "auto"
+
+    # A manual override that lapsed an hour ago: ended by the evaluation.
+    lapsed = hedge_policy_for(account=firm.company)
+    HedgePolicy.objects.filter(pk=lapsed.pk).update(
+        mode="manual",
+        manual_target_pct=D("40"),
+        manual_expires_at=timezone.now() - timedelta(hours=1),
+        manual_reason="test",
+    )
+    context = evaluated(firm.company)
+    assert HedgePolicy.objects.get(pk=lapsed.pk).mode == "auto"
+    assert context.account is None
+
+
 def test_after_an_entry_the_next_pair_reads_the_moved_book(funded, bars, settings, monkeypatch):
     settings.AETHER_PAIRS = ["BTC/USD", "ETH/USD"]
     monkeypatch.setattr(cycle_service, "_strategy_for", lambda account: AlwaysEnter())
@@ -690,8 +738,8 @@ def test_a_halt_between_two_pairs_is_enforced_when_the_entry_is_checked(
     funded, firm, bars, settings, monkeypatch
 ):
     """A halt a director sets between two pairs of a batch stops the second pair's entry: its cycle reads
-    the account afresh after the first pair's hedge evaluation, and were the account shared, the entry is
-    checked again on fresh state before anything is recorded."""
+    the account afresh when the first pair's hedge evaluation wrote the hedge policy (here, its first), and
+    where the account is shared, the entry is checked again on fresh state before anything is recorded."""
     from risk import services as risk_services
 
     settings.AETHER_PAIRS = ["BTC/USD", "ETH/USD"]

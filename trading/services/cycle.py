@@ -65,10 +65,11 @@ class CycleError(RuntimeError):
 class AccountBar:
     """What the cycles of one account on one bar, run one after the other by :func:`account_cycles_run`,
     share instead of reading again: the bar's candles; the account with its policies, switch and
-    thresholds (read again after a hedge evaluation or a NAV snapshot that left the switch tripped); the
-    risk state (read again after an exit, an entry or a hedge sale moved the book, and for a pair with an
-    open position); and which cycle left the hedge evaluated and the NAV recorded on this bar. A pair
-    finished by another task, or a failed one, resets it all but the candles."""
+    thresholds (read again after a hedge evaluation that wrote the hedge policy, or a NAV snapshot that left
+    the switch anything but armed); the risk state (read again after an exit, an entry or a hedge sale
+    moved the book, and for a pair with an open position); and which cycle left the hedge evaluated and
+    the NAV recorded on this bar. A pair finished by another task, or a failed one, resets it all but the
+    candles."""
 
     account: Account | None = None
     state: object | None = None  # risk.pretrade.RiskState
@@ -530,14 +531,15 @@ def cycle_run(
         else:
             hedged_by, nav_by = _done_on_this_bar(cycle)
         if hedged_by is None:
-            hedge_records = _hedge(
+            hedge_records, policy_changed = _hedge(
                 account=account, actor=actor, now=now, quotes=quotes, broker_factory=broker_factory
             )
             records.extend(hedge_records)
             if context is not None:
-                # The evaluation may have created the policy or ended a lapsed override: the next cycle
+                # An evaluation that created the hedge policy or ended a lapsed override: the next cycle
                 # reads the account (with its hedge policy) again; a rebalance that sold moved the book.
-                context.account = None
+                if policy_changed:
+                    context.account = None
                 if any(item.get("order_ids") for item in hedge_records):
                     context.state = None
         else:
@@ -727,9 +729,10 @@ def _done_by(pk: int, decisions, *, kind: str, done: str, relied: str) -> int | 
     return pk if done in record else None
 
 
-def _hedge(*, account: Account, actor, now: datetime, quotes, broker_factory) -> list[dict]:
-    """The hedge's evaluation; one that cannot be made (no price, no volatility, a policy problem) is
-    recorded as a problem on the cycle and logged, and the NAV snapshot after it still runs."""
+def _hedge(*, account: Account, actor, now: datetime, quotes, broker_factory) -> tuple[list[dict], bool]:
+    """(the cycle's records of the hedge's evaluation, whether it wrote the account's hedge policy). One
+    that cannot be made (no price, no volatility, a policy problem) wrote nothing: it is recorded as a
+    problem on the cycle and logged, and the NAV snapshot after it still runs."""
     from hedging.services import HedgeUnavailable, hedge_evaluate
 
     try:
@@ -738,12 +741,12 @@ def _hedge(*, account: Account, actor, now: datetime, quotes, broker_factory) ->
         )
     except HedgeUnavailable as exc:
         logger.error("%s: hedge not evaluated: %s", account.slug, exc)
-        return [{"kind": "hedge", "problem": str(exc)}]
+        return [{"kind": "hedge", "problem": str(exc)}], False
     record = {"kind": "hedge", "summary": outcome.summary()}
     placed = [item.order_id for item in outcome.outcomes if item.order_id is not None]
     if placed:
         record["order_ids"] = placed
-    return [record]
+    return [record], outcome.policy_changed
 
 
 # ----------------------------------------------------------------------------------------------------------
