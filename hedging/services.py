@@ -781,10 +781,16 @@ def hedge_evaluate(
             write(HedgeSnapshot.Event.RELEASE, plan.reason)
             transaction.on_commit(HEDGE_REBALANCES.labels(account=locked.slug, action="release").inc)
 
-        recommendation = core.killswitch_recommendation(
-            day_drawdown_pct=day_drawdown,
-            max_daily_drawdown_pct=engine_policy_for(account=locked).max_daily_drawdown_pct,
-            warn_ratio=params.killswitch_warn_ratio,
+        # A day without drawdown never reaches a share (in (0, 1], validated above) of a positive limit:
+        # the risk policy is read only when there is a drawdown to compare with it.
+        recommendation = (
+            core.killswitch_recommendation(
+                day_drawdown_pct=day_drawdown,
+                max_daily_drawdown_pct=engine_policy_for(account=locked).max_daily_drawdown_pct,
+                warn_ratio=params.killswitch_warn_ratio,
+            )
+            if day_drawdown > 0
+            else None
         )
         if recommendation is not None:
             _recommend_killswitch(

@@ -345,6 +345,22 @@ def test_a_killswitch_recommendation_is_recorded_once_a_day_and_not_acted_on(
     assert (switch.status, switch.halted) == ("armed", False)  # not acted on
 
 
+def test_a_day_without_drawdown_recommends_nothing_and_leaves_the_risk_policy_unread(book):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from risk.services import risk_policy_for
+
+    risk_policy_for(account=book.account)  # stored: its absence would not explain a missing read
+    nav_snapshot_record(account=book.account, actor=CYCLE, reason="manual", now=book.now, quotes=book.quotes)
+    with CaptureQueriesContext(connection) as captured:
+        result = evaluate(book)
+    assert D(result.inputs["day_drawdown_pct"]) == 0
+    assert result.killswitch_recommendation is None
+    assert not [query for query in captured.captured_queries if "risk_riskpolicy" in query["sql"]]
+    assert not AuditEvent.objects.filter(account=book.account, action="hedge.killswitch_recommended").exists()
+
+
 def test_an_unmarkable_book_or_no_candles_writes_nothing(book):
     from trading.models import Candle
 
