@@ -68,6 +68,9 @@ def funded(firm, bars):
     return firm.alice_account
 
 
+FINISHED = (CycleStatus.DONE, CycleStatus.SKIPPED)
+
+
 def run(account, bars, instrument=None, **kwargs) -> Cycle:
     kwargs.setdefault("quotes", fresh_quotes(bars))
     return cycle_run(
@@ -780,6 +783,81 @@ def test_a_configured_pair_missing_from_the_universe_does_not_stop_the_others(fu
     cycles = run_account(funded, bars)
     assert [cycle.instrument.symbol for cycle in cycles] == ["BTC/USD", "ETH/USD"]
     assert "NOPE/USD not in the synced universe" in caplog.text
+
+
+def test_the_account_task_claims_its_pairs_together_each_with_a_lease_for_its_turn(
+    funded, bars, settings, monkeypatch, django_assert_max_num_queries
+):
+    """One claim for the account's pairs: the k-th pair's lease is k leases from the same instant, so each
+    still has a whole lease when its turn comes; each cycle's start is its turn's."""
+    settings.AETHER_PAIRS = ["BTC/USD", "ETH/USD"]
+    monkeypatch.setattr(cycle_service, "_strategy_for", lambda account: AlwaysHold())
+    btc, eth = run_account(funded, bars)
+    lease = timedelta(seconds=settings.CYCLE_LEASE_SECONDS)
+    assert eth.lease_until - btc.lease_until == lease
+    assert btc.lease_until - lease <= btc.started_at <= btc.finished_at <= eth.started_at <= eth.finished_at
+    stored = {c.pk: c for c in Cycle.objects.filter(pk__in=[btc.pk, eth.pk])}
+    assert stored[eth.pk].started_at == eth.started_at  # the turn's start, saved with the finish
+    assert {(c.attempts, c.status) for c in stored.values()} <= {(1, "done"), (1, "skipped")}
+    # The claim of both pairs costs what the claim of one does: the lock, the read and one INSERT.
+    Cycle.objects.filter(pk__in=[btc.pk, eth.pk]).delete()
+    with django_assert_max_num_queries(3 + 2):  # and the savepoint of the test's transaction
+        claimed = cycle_service._claim_pairs(
+            account=funded,
+            instruments=[bars["btc"], bars["eth"]],
+            timeframe=60,
+            bar_open_time=bars["bar"],
+            now=timezone.now(),
+        )
+    assert [(cycle.instrument_id, run, cycle.pk is not None) for cycle, run in claimed] == [
+        (bars["btc"].pk, True, True),
+        (bars["eth"].pk, True, True),
+    ]
+
+
+def test_another_workers_lease_stops_the_account_task_before_it_claims_anything(funded, bars, settings):
+    settings.AETHER_PAIRS = ["BTC/USD", "ETH/USD"]
+    now = timezone.now()
+    elsewhere = Cycle.objects.create(
+        account=funded,
+        instrument=bars["btc"],
+        timeframe=60,
+        bar_open_time=bars["bar"] - timedelta(hours=1),
+        broker="sim",
+        started_at=now,
+        lease_until=now + timedelta(minutes=5),
+    )
+    with pytest.raises(CycleBusy, match=f"cycle #{elsewhere.pk} .* holds the lease"):
+        run_account(funded, bars)
+    assert not Cycle.objects.filter(account=funded, bar_open_time=bars["bar"]).exists()
+
+
+def test_pairs_claimed_by_a_worker_that_died_are_resumed_once_their_leases_lapse(
+    funded, bars, settings, monkeypatch
+):
+    """The worker dies during the first pair: both pairs stay running (claimed together), a retry meets the
+    live lease, and once the leases lapse the retry resumes both (second attempts) and finishes them."""
+    settings.AETHER_PAIRS = ["BTC/USD", "ETH/USD"]
+    monkeypatch.setattr(cycle_service, "_strategy_for", lambda account: AlwaysHold())
+    execute = cycle_service._cycle_execute
+
+    class WorkerDied(BaseException):  # not an Exception: nothing in the cycle catches it, as with SIGKILL
+        pass
+
+    def dies(cycle, **kwargs):
+        raise WorkerDied
+
+    monkeypatch.setattr(cycle_service, "_cycle_execute", dies)
+    with pytest.raises(WorkerDied):
+        run_account(funded, bars)
+    claimed = Cycle.objects.filter(account=funded, bar_open_time=bars["bar"])
+    assert sorted(claimed.values_list("status", "attempts")) == [("running", 1), ("running", 1)]
+    monkeypatch.setattr(cycle_service, "_cycle_execute", execute)
+    with pytest.raises(CycleBusy, match="is running in another worker"):
+        run_account(funded, bars)
+    claimed.update(lease_until=timezone.now() - timedelta(seconds=1))
+    resumed = run_account(funded, bars)
+    assert [(cycle.attempts, cycle.status in FINISHED) for cycle in resumed] == [(2, True), (2, True)]
 
 
 def test_a_failing_pair_does_not_stop_the_others_and_the_failure_is_raised(

@@ -2,9 +2,10 @@
 
 ``cycle_run`` is the shell around the decision core (:func:`trading.cycle_core.decide`):
 
-1. **Claim** the cycle row (unique per account, pair, timeframe and bar) under the account's row lock. A cycle
-   already done or skipped is returned as it is, so a retried task does nothing twice. Cycles of one account
-   never overlap: a running cycle holds a lease (``CYCLE_LEASE_SECONDS``); another cycle of the account raises
+1. **Claim** the cycle row (unique per account, pair, timeframe and bar) under the account's row lock (the
+   account task claims its pairs on the bar together, in one transaction). A cycle already done or skipped
+   is returned as it is, so a retried task does nothing twice. Cycles of one account never overlap: a
+   running cycle holds a lease (``CYCLE_LEASE_SECONDS``); another cycle of the account raises
    :class:`CycleBusy` (the task retries it shortly). A cycle whose worker died is resumed once its lease has
    lapsed; its orders carry client ids derived from the cycle, so a resumed cycle finds what it already placed
    instead of placing it again.
@@ -94,61 +95,87 @@ def _claim(
 ) -> tuple[Cycle, bool]:
     """(cycle, run it?) under the account's row lock; see the module docstring. Leases are wall-clock time
     (``now``), whatever the platform clock: a dead worker's lease lapses even while a replay is paused."""
+    return _claim_pairs(
+        account=account, instruments=[instrument], timeframe=timeframe, bar_open_time=bar_open_time, now=now
+    )[0]
+
+
+def _claim_pairs(
+    *,
+    account: Account,
+    instruments: list[Instrument],
+    timeframe: int,
+    bar_open_time: datetime,
+    now: datetime,
+) -> list[tuple[Cycle, bool]]:
+    """(cycle, run it?) for each of ``instruments``, in that order, on the bar: one transaction under the
+    account's row lock for all of them. A cycle already done or skipped is returned as it is (not run).
+    The others are claimed together, to run one after the other in that order: the k-th of them holds a
+    lease of k times ``CYCLE_LEASE_SECONDS`` from ``now``, so each still has a whole lease when its turn
+    comes, and a dead worker's cycles lapse one lease apart. While any cycle of the account holds a live
+    lease (another worker's), :class:`CycleBusy` is raised and nothing is claimed."""
     lease = timedelta(seconds=settings.CYCLE_LEASE_SECONDS)
+    wanted = {instrument.pk for instrument in instruments}
     with transaction.atomic():
         locked = Account.objects.select_for_update(no_key=True).get(pk=account.pk)
-        # This cycle's row and every running cycle of the account holding a lease, in one read.
-        this = Q(instrument=instrument, timeframe=timeframe, bar_open_time=bar_open_time)
+        # These cycles' rows and every running cycle of the account holding a lease, in one read.
+        these = Q(instrument_id__in=wanted, timeframe=timeframe, bar_open_time=bar_open_time)
         rows = list(
             Cycle.objects.select_for_update()
-            .filter(this | Q(status=CycleStatus.RUNNING, lease_until__gt=now), account=locked)
+            .filter(these | Q(status=CycleStatus.RUNNING, lease_until__gt=now), account=locked)
             .order_by("started_at", "pk")
         )
-        cycle = next(
-            (
-                row
-                for row in rows
-                if row.instrument_id == instrument.pk
-                and row.timeframe == timeframe
-                and row.bar_open_time == bar_open_time
-            ),
-            None,
-        )
-        if cycle is not None and cycle.status in (CycleStatus.DONE, CycleStatus.SKIPPED):
-            return cycle, False
+        mine = {
+            row.instrument_id: row
+            for row in rows
+            if row.instrument_id in wanted
+            and row.timeframe == timeframe
+            and row.bar_open_time == bar_open_time
+        }
         holder = next(
-            (
-                row
-                for row in rows
-                if row is not cycle and row.status == CycleStatus.RUNNING and row.lease_until > now
-            ),
-            None,
+            (row for row in rows if row.status == CycleStatus.RUNNING and row.lease_until > now), None
         )
         if holder is not None:
+            if mine.get(holder.instrument_id) is holder:
+                raise CycleBusy(f"{account.slug}: cycle #{holder.pk} is running in another worker")
             raise CycleBusy(f"{account.slug}: cycle #{holder.pk} ({holder.instrument}) holds the lease")
-        if cycle is not None and cycle.status == CycleStatus.RUNNING and cycle.lease_until > now:
-            raise CycleBusy(f"{account.slug}: cycle #{cycle.pk} is running in another worker")
-        if cycle is None:
-            cycle = Cycle.objects.create(
-                account=locked,
-                instrument=instrument,
-                timeframe=timeframe,
-                bar_open_time=bar_open_time,
-                broker=book_of(locked),
-                status=CycleStatus.RUNNING,
-                attempts=1,
-                started_at=now,
-                lease_until=now + lease,
-            )
-        else:
-            cycle.status = CycleStatus.RUNNING
-            cycle.attempts += 1
-            cycle.started_at = now
-            cycle.lease_until = now + lease
-            cycle.broker = book_of(locked)
-            cycle.error = ""
-            cycle.save(update_fields=["status", "attempts", "started_at", "lease_until", "broker", "error"])
-    return cycle, True
+        broker = book_of(locked)
+        claimed: list[tuple[Cycle, bool]] = []
+        new: list[Cycle] = []
+        turn = 0
+        for instrument in instruments:
+            cycle = mine.get(instrument.pk)
+            if cycle is not None and cycle.status in (CycleStatus.DONE, CycleStatus.SKIPPED):
+                claimed.append((cycle, False))
+                continue
+            turn += 1
+            if cycle is None:
+                cycle = Cycle(
+                    account=locked,
+                    instrument=instrument,
+                    timeframe=timeframe,
+                    bar_open_time=bar_open_time,
+                    broker=broker,
+                    status=CycleStatus.RUNNING,
+                    attempts=1,
+                    started_at=now,
+                    lease_until=now + turn * lease,
+                )
+                new.append(cycle)
+            else:  # failed, or its worker died and the lease lapsed: resumed
+                cycle.status = CycleStatus.RUNNING
+                cycle.attempts += 1
+                cycle.started_at = now
+                cycle.lease_until = now + turn * lease
+                cycle.broker = broker
+                cycle.error = ""
+                cycle.save(
+                    update_fields=["status", "attempts", "started_at", "lease_until", "broker", "error"]
+                )
+            claimed.append((cycle, True))
+        if new:
+            Cycle.objects.bulk_create(new)  # one INSERT; the rows come back with their ids
+    return claimed
 
 
 def _finish(cycle: Cycle, *, status: str, started: float, error: str = "") -> Cycle:
@@ -158,6 +185,7 @@ def _finish(cycle: Cycle, *, status: str, started: float, error: str = "") -> Cy
     cycle.duration_ms = round((time.perf_counter() - started) * 1000, 3)
     cycle.save(
         update_fields=[
+            "started_at",
             "status",
             "error",
             "finished_at",
@@ -325,16 +353,8 @@ def cycle_run(
     """Run (or return, when already done) the cycle of ``account`` on ``instrument``'s closed bar opened at
     ``bar_open_time``; see the module docstring. Raises :class:`CycleBusy` while another cycle of the account
     runs; any other error marks the cycle ``failed`` (with the error) and is raised. ``context``: what the
-    account's cycles on this bar share when :func:`account_cycles_run` runs them one after the other."""
-    from risk import engine
-    from risk.exits import exits_evaluate
-    from risk.pretrade import order_submit_checked, risk_state, risk_state_for_pair
-    from risk.services import NavUnavailable, nav_snapshot_record
-    from trading.cycle_core import decide
-
+    account's cycles on this bar share when they run one after the other."""
     timeframe = settings.AETHER_TIMEFRAME if timeframe is None else timeframe
-    given_now = now
-    now = now or platform_now()
     cycle, run = _claim(
         account=account,
         instrument=instrument,
@@ -346,6 +366,44 @@ def cycle_run(
         if context is not None:  # finished by another task, which may have moved the book: read afresh
             context.reset()
         return cycle
+    return _cycle_execute(
+        cycle,
+        account=account,
+        instrument=instrument,
+        bar_open_time=bar_open_time,
+        timeframe=timeframe,
+        actor=actor,
+        quotes=quotes,
+        broker_factory=broker_factory,
+        now=now,
+        context=context,
+    )
+
+
+def _cycle_execute(
+    cycle: Cycle,
+    *,
+    account: Account,
+    instrument: Instrument,
+    bar_open_time: datetime,
+    timeframe: int,
+    actor,
+    quotes,
+    broker_factory,
+    now: datetime | None,
+    context: AccountBar | None,
+) -> Cycle:
+    """Run ``cycle``, claimed (running, with its lease) by the caller: steps 2 to 5 of the module
+    docstring. Any error marks the cycle ``failed`` (with the error) and is raised."""
+    from risk import engine
+    from risk.exits import exits_evaluate
+    from risk.pretrade import order_submit_checked, risk_state, risk_state_for_pair
+    from risk.services import NavUnavailable, nav_snapshot_record
+    from trading.cycle_core import decide
+
+    given_now = now
+    now = now or platform_now()
+    cycle.started_at = timezone.now()  # claimed with the account's other pairs: its turn starts now
     started = time.perf_counter()
     records: list[dict] = []
     cycle.decisions = records
@@ -606,10 +664,11 @@ def account_cycles_run(
     """The account's cycle on every traded pair whose bar opened at ``bar_open_time`` is stored closed, one
     pair after the other (in symbol order), sharing what the cycles of one account on one bar have in
     common (:class:`AccountBar`: the account, the risk state until an order moves the book, the hedge and
-    NAV done once). Cycles already finished are returned as they are. A pair's failure is logged, the
-    other pairs still run, and the first failure is raised at the end (a retry runs only what did not
-    finish); :class:`CycleBusy` is raised at once (a retry resumes from the pair it met). What the feed's
-    ``trading.bar_closed`` queues, one task per account."""
+    NAV done once). The pairs are claimed together, in one transaction (:func:`_claim_pairs`); cycles
+    already finished are returned as they are. A pair's failure is logged, the other pairs still run, and
+    the first failure is raised at the end (a retry runs only what did not finish); :class:`CycleBusy`
+    (another worker holds a lease of the account) is raised before any pair runs, and a retry claims
+    again. What the feed's ``trading.bar_closed`` queues, one task per account."""
     timeframe = settings.AETHER_TIMEFRAME if timeframe is None else timeframe
     traded = {instrument.pk: instrument for instrument in configured_instruments()}
     candles = list(
@@ -618,12 +677,28 @@ def account_cycles_run(
         )
     )
     context = AccountBar(candles={candle.instrument_id: candle for candle in candles})
+    instruments = sorted((traded[candle.instrument_id] for candle in candles), key=lambda i: i.symbol)
+    if not instruments:
+        return []
+    # One claim for all the pairs (CycleBusy, raised here, claims none); a pair another task finished
+    # before it is returned as it is, and the pairs claimed run one after the other.
+    claimed = _claim_pairs(
+        account=account,
+        instruments=instruments,
+        timeframe=timeframe,
+        bar_open_time=bar_open_time,
+        now=timezone.now(),
+    )
     cycles: list[Cycle] = []
     failure: Exception | None = None
-    for instrument in sorted((traded[candle.instrument_id] for candle in candles), key=lambda i: i.symbol):
+    for instrument, (cycle, run) in zip(instruments, claimed, strict=True):
+        if not run:
+            cycles.append(cycle)
+            continue
         try:
             cycles.append(
-                cycle_run(
+                _cycle_execute(
+                    cycle,
                     account=account,
                     instrument=instrument,
                     bar_open_time=bar_open_time,
@@ -635,9 +710,7 @@ def account_cycles_run(
                     context=context,
                 )
             )
-        except CycleBusy:
-            raise
-        except Exception as exc:  # recorded on the cycle by cycle_run; the other pairs still run
+        except Exception as exc:  # recorded on the cycle by _cycle_execute; the other pairs still run
             logger.exception("%s %s: cycle failed", account.slug, instrument.symbol)
             failure = failure or exc
             context.reset()  # what the failed cycle left in it is not trusted: the next pair reads afresh
