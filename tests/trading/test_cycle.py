@@ -815,6 +815,34 @@ def test_the_account_task_claims_its_pairs_together_each_with_a_lease_for_its_tu
     ]
 
 
+def test_the_account_task_looks_for_the_bars_earlier_cycles_only_when_one_had_finished(
+    funded, bars, settings, monkeypatch
+):
+    """Claimed all together, none of the bar's cycles had finished: the hedge and NAV are done by the
+    first pair without a look back. With one finished by another task, the first pair to run looks."""
+    settings.AETHER_PAIRS = ["BTC/USD", "ETH/USD"]
+    monkeypatch.setattr(cycle_service, "_strategy_for", lambda account: AlwaysHold())
+    looked = []
+    done_on_this_bar = cycle_service._done_on_this_bar
+
+    def spy(cycle):
+        looked.append(cycle.instrument.symbol)
+        return done_on_this_bar(cycle)
+
+    monkeypatch.setattr(cycle_service, "_done_on_this_bar", spy)
+    btc, eth = run_account(funded, bars)
+    assert looked == []
+    assert "summary" in hedge_record(btc)
+    assert hedge_record(eth)["evaluated_by"] == btc.pk
+    assert nav_record(eth)["recorded_by"] == btc.pk
+
+    Cycle.objects.filter(pk=eth.pk).delete()  # ETH to run again, BTC finished (as by another task)
+    _, again = run_account(funded, bars)
+    assert looked == ["ETH/USD"]
+    assert hedge_record(again)["evaluated_by"] == btc.pk
+    assert nav_record(again)["recorded_by"] == btc.pk
+
+
 def test_another_workers_lease_stops_the_account_task_before_it_claims_anything(funded, bars, settings):
     settings.AETHER_PAIRS = ["BTC/USD", "ETH/USD"]
     now = timezone.now()

@@ -689,6 +689,11 @@ def account_cycles_run(
         bar_open_time=bar_open_time,
         now=timezone.now(),
     )
+    if all(run for _, run in claimed):
+        # No cycle of the account on this bar had finished (only a pair with the bar stored can have one,
+        # and those are all claimed here), and none can finish while these leases are live: no earlier
+        # cycle left the hedge evaluated or the NAV recorded, with no need to look.
+        context.looked_back = True
     cycles: list[Cycle] = []
     failure: Exception | None = None
     for instrument, (cycle, run) in zip(instruments, claimed, strict=True):
