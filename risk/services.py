@@ -165,6 +165,34 @@ def _switch_values(switch: KillSwitch) -> dict:
     }
 
 
+#: The switch's running record of the UTC day's equity. Every NAV snapshot moves it and stores the same
+#: figures on its own row (``NavSnapshot``: day, day high, equity), so a save that moves only these keeps
+#: no history row of the switch; any other change is saved with one.
+DAY_RECORD_FIELDS = ("day", "day_broker", "day_high", "day_equity", "day_at")
+
+
+def _switch_state(switch: KillSwitch) -> dict:
+    """The switch's fields but its day record (and its ``updated_at``)."""
+    return {
+        field.attname: getattr(switch, field.attname)
+        for field in KillSwitch._meta.concrete_fields
+        if field.attname not in DAY_RECORD_FIELDS and field.attname != "updated_at"
+    }
+
+
+def _save_switch(switch: KillSwitch, state_before: dict) -> None:
+    """Save ``switch`` after a NAV snapshot: its day record alone, without a history row, when nothing
+    else changed since ``state_before`` (:func:`_switch_state`); the whole row with its history otherwise."""
+    if _switch_state(switch) != state_before:
+        switch.save()
+        return
+    switch.skip_history_when_saving = True  # simple_history's own switch for its signal
+    try:
+        switch.save(update_fields=[*DAY_RECORD_FIELDS, "updated_at"])
+    finally:
+        del switch.skip_history_when_saving
+
+
 def _lock_switch(account: Account) -> KillSwitch:
     """The account's switch under a row lock (created armed on first use); the account must be locked."""
     switch, _ = KillSwitch.objects.select_for_update().get_or_create(account=account)
@@ -679,12 +707,13 @@ def nav_snapshot_record(
             raise NavUnavailable(f"cannot record {account}'s NAV: {exc}") from None
 
         before = _switch_values(switch)
+        state_before = _switch_state(switch)
         changed = engine.on_day_change(switch.to_engine(), now=now, policy=policy)
         checked = engine.on_equity(changed.state, day=day, policy=policy)
         switch.set_state(checked.state)
         switch.set_day_record(day, broker)
         _mark_enforcement(switch, checked.actions)
-        switch.save()
+        _save_switch(switch, state_before)
 
         snapshot = NavSnapshot.objects.create(
             account=locked,

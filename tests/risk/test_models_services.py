@@ -245,6 +245,43 @@ def test_drawdown_is_measured_from_the_days_high_not_its_first_equity(firm, univ
         snap("51000", NEXT_DAY - timedelta(minutes=1))
 
 
+def test_the_switchs_history_keeps_its_state_changes_not_every_snapshots_day_record(
+    book, django_capture_on_commit_callbacks
+):
+    """Each snapshot moves the switch's day record (stored on the snapshot's own row too) without a history
+    row of the switch; a trip is a state change, saved with one."""
+    account = book["account"]
+    first = nav_snapshot_record(
+        account=account,
+        actor=SCHEDULE,
+        reason="schedule",
+        now=NOW - timedelta(minutes=2),
+        quotes=quotes_at(BTC="50000"),
+    )
+    switch = KillSwitch.objects.get(account=account)
+    rows = switch.history.count()
+    assert rows >= 1  # created armed on first use
+    later = nav_snapshot_record(
+        account=account,
+        actor=SCHEDULE,
+        reason="schedule",
+        now=NOW - timedelta(minutes=1),
+        quotes=quotes_at(BTC="49000"),
+    )
+    switch.refresh_from_db()
+    assert (switch.day_equity, switch.day_high, switch.day_at) == (
+        later.equity,
+        first.equity,
+        NOW - timedelta(minutes=1),
+    )
+    assert switch.history.count() == rows
+    snapshot, _ = crash(book, django_capture_on_commit_callbacks)
+    assert snapshot.kill_switch_status == "tripped"
+    assert switch.history.count() > rows
+    tripped = switch.history.order_by("history_id").last()
+    assert (tripped.status, tripped.day_equity) == ("tripped", snapshot.equity)
+
+
 @pytest.mark.parametrize("persona", ["viewer", "outsider"])
 def test_a_non_director_may_not_record_a_snapshot(firm, persona):
     with pytest.raises(PermissionDenied):
