@@ -604,9 +604,9 @@ class HedgeEvaluation:
     outcomes: tuple[HedgeOrderOutcome, ...] = ()
     killswitch_recommendation: str | None = None
     inputs: dict = field(default_factory=dict)
-    #: The evaluation wrote the account's hedge policy: created it with the defaults on first use, or
-    #: ended a lapsed manual override. A caller holding the account's policy reads it again.
-    policy_changed: bool = False
+    #: The account's hedge policy as the evaluation read it under its lock and left it (created with the
+    #: defaults on first use, a lapsed manual override ended): a caller holding an older copy reads again.
+    policy: HedgePolicy | None = None
 
     def summary(self) -> str:
         text = (
@@ -654,7 +654,6 @@ def hedge_evaluate(
     with transaction.atomic():
         locked = _lock_account(account)
         policy = HedgePolicy.objects.select_for_update().filter(account=locked).first()
-        policy_changed = policy is None
         if policy is None:  # the core's defaults, created (audited) on first use
             hedge_policy_for(account=locked)
             policy = HedgePolicy.objects.select_for_update().get(account=locked)
@@ -701,7 +700,6 @@ def hedge_evaluate(
             return snapshot
 
         if decision.expired:
-            policy_changed = True
             before = _override_values(policy)
             _clear_override(policy)
             policy.save()
@@ -810,7 +808,7 @@ def hedge_evaluate(
         outcomes=outcomes,
         killswitch_recommendation=recommendation,
         inputs=detail,
-        policy_changed=policy_changed,
+        policy=policy,
     )
 
 

@@ -643,9 +643,10 @@ def test_the_second_pair_reuses_the_accounts_reads_while_nothing_traded(
 def test_the_account_is_read_again_only_after_a_hedge_evaluation_that_wrote_the_hedge_policy(
     funded, firm, bars, settings, monkeypatch
 ):
-    """An account's first evaluation creates its hedge policy (the core's defaults), and one that ends a
-    lapsed manual override writes it: the next pair reads the account, with that policy, again. An
-    evaluation that leaves the policy as it was does not make it read again."""
+    """An account's first evaluation creates its hedge policy (the core's defaults), one that ends a lapsed
+    manual override writes it, and a director may change it after the account was read: each time the
+    next pair reads the account, with that policy, again. An evaluation that meets and leaves the policy
+    as it was read does not make it read again."""
     from hedging.models import HedgePolicy
     from hedging.services import hedge_policy_for
 
@@ -674,6 +675,23 @@ def test_the_account_is_read_again_only_after_a_hedge_evaluation_that_wrote_the_
     assert context.account is not None
     assert context.account.hedge_policy.pk == policy.pk
     assert HedgePolicy.objects.get(pk=policy.pk).mode == "auto"
+
+    # A director's override set after the account was read, before the evaluation: read again.
+    context = cycle_service.AccountBar()
+    original = cycle_service._hedge
+
+    def override_first(**kwargs):
+        HedgePolicy.objects.filter(pk=policy.pk).update(
+            mode="manual", manual_target_pct=D("90"), manual_reason="director (test)"
+        )
+        return original(**kwargs)
+
+    Cycle.objects.filter(account=firm.bob_account).delete()
+    with monkeypatch.context() as patched:
+        patched.setattr(cycle_service, "_hedge", override_first)
+        cycle = run(firm.bob_account, bars, context=context)
+    assert "90" in hedge_record(cycle)["summary"]
+    assert context.account is None
 
     # A manual override that lapsed an hour ago: ended by the evaluation.
     lapsed = hedge_policy_for(account=firm.company)
@@ -785,19 +803,20 @@ def test_a_configured_pair_missing_from_the_universe_does_not_stop_the_others(fu
     assert "NOPE/USD not in the synced universe" in caplog.text
 
 
-def test_the_account_task_claims_its_pairs_together_each_with_a_lease_for_its_turn(
+def test_the_account_task_claims_its_pairs_together_and_each_renews_its_lease_on_its_turn(
     funded, bars, settings, monkeypatch, django_assert_max_num_queries
 ):
-    """One claim for the account's pairs: the k-th pair's lease is k leases from the same instant, so each
-    still has a whole lease when its turn comes; each cycle's start is its turn's."""
+    """One claim for the account's pairs; each pair's lease is a whole lease from the start of its turn
+    (so a dead worker's cycles lapse within one lease), and its start is its turn's."""
     settings.AETHER_PAIRS = ["BTC/USD", "ETH/USD"]
     monkeypatch.setattr(cycle_service, "_strategy_for", lambda account: AlwaysHold())
     btc, eth = run_account(funded, bars)
     lease = timedelta(seconds=settings.CYCLE_LEASE_SECONDS)
-    assert eth.lease_until - btc.lease_until == lease
-    assert btc.lease_until - lease <= btc.started_at <= btc.finished_at <= eth.started_at <= eth.finished_at
-    stored = {c.pk: c for c in Cycle.objects.filter(pk__in=[btc.pk, eth.pk])}
-    assert stored[eth.pk].started_at == eth.started_at  # the turn's start, saved with the finish
+    stored = {c.instrument_id: c for c in Cycle.objects.filter(pk__in=[btc.pk, eth.pk])}
+    btc, eth = stored[bars["btc"].pk], stored[bars["eth"].pk]
+    assert btc.lease_until - btc.started_at == lease
+    assert eth.lease_until - eth.started_at == lease
+    assert btc.started_at <= btc.finished_at <= eth.started_at <= eth.finished_at
     assert {(c.attempts, c.status) for c in stored.values()} <= {(1, "done"), (1, "skipped")}
     # The claim of both pairs costs what the claim of one does: the lock, the read and one INSERT.
     Cycle.objects.filter(pk__in=[btc.pk, eth.pk]).delete()
@@ -813,6 +832,73 @@ def test_the_account_task_claims_its_pairs_together_each_with_a_lease_for_its_tu
         (bars["btc"].pk, True, True),
         (bars["eth"].pk, True, True),
     ]
+
+
+def test_a_finished_bar_is_returned_as_it_is_while_another_cycle_of_the_account_runs(
+    funded, bars, settings, monkeypatch
+):
+    settings.AETHER_PAIRS = ["BTC/USD", "ETH/USD"]
+    monkeypatch.setattr(cycle_service, "_strategy_for", lambda account: AlwaysHold())
+    done = run_account(funded, bars)
+    now = timezone.now()
+    Cycle.objects.create(  # the next bar's cycle, running in another worker
+        account=funded,
+        instrument=bars["btc"],
+        timeframe=60,
+        bar_open_time=bars["bar"] + timedelta(hours=1),
+        broker="sim",
+        started_at=now,
+        lease_until=now + timedelta(minutes=5),
+    )
+    assert [c.pk for c in run_account(funded, bars)] == [c.pk for c in done]
+    assert run(funded, bars).pk == done[0].pk
+
+
+def test_a_pair_another_worker_took_over_while_earlier_pairs_ran_is_not_run_again(
+    funded, bars, settings, monkeypatch
+):
+    """The ETH cycle's lease lapsed while BTC ran and another worker resumed it: the account task leaves it
+    to that worker."""
+    settings.AETHER_PAIRS = ["BTC/USD", "ETH/USD"]
+    monkeypatch.setattr(cycle_service, "_strategy_for", lambda account: AlwaysHold())
+    execute = cycle_service._cycle_execute
+    ran = []
+
+    def slow_btc(cycle, **kwargs):
+        ran.append(kwargs["instrument"].symbol)
+        if kwargs["instrument"] == bars["btc"]:  # meanwhile, another worker resumes the lapsed ETH cycle
+            Cycle.objects.filter(account=funded, instrument=bars["eth"]).update(
+                attempts=2, lease_until=timezone.now() + timedelta(minutes=5)
+            )
+        return execute(cycle, **kwargs)
+
+    monkeypatch.setattr(cycle_service, "_cycle_execute", slow_btc)
+    btc, eth = run_account(funded, bars)
+    assert ran == ["BTC/USD"]
+    assert btc.status in FINISHED
+    assert (eth.status, eth.attempts) == (CycleStatus.RUNNING, 2)  # the other worker's, left to it
+
+
+def test_a_clock_failure_at_the_start_of_a_claimed_pair_fails_that_cycle_loudly(
+    funded, bars, settings, monkeypatch
+):
+    settings.AETHER_PAIRS = ["BTC/USD", "ETH/USD"]
+    monkeypatch.setattr(cycle_service, "_strategy_for", lambda account: AlwaysHold())
+    calls = []
+
+    def clock():
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("clock unavailable (test)")
+        return timezone.now()
+
+    monkeypatch.setattr(cycle_service, "platform_now", clock)
+    with pytest.raises(RuntimeError, match="clock unavailable"):
+        cycle_service.account_cycles_run(account=funded, bar_open_time=bars["bar"], quotes=fresh_quotes(bars))
+    statuses = dict(Cycle.objects.filter(account=funded).values_list("instrument__symbol", "status"))
+    assert statuses["BTC/USD"] == CycleStatus.FAILED
+    assert statuses["ETH/USD"] in FINISHED
+    assert "clock unavailable" in Cycle.objects.get(account=funded, instrument=bars["btc"]).error
 
 
 def test_the_account_task_looks_for_the_bars_earlier_cycles_only_when_one_had_finished(

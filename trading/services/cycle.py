@@ -66,18 +66,18 @@ class CycleError(RuntimeError):
 class AccountBar:
     """What the cycles of one account on one bar, run one after the other by :func:`account_cycles_run`,
     share instead of reading again: the bar's candles; the account with its policies, switch and
-    thresholds (read again after a hedge evaluation that wrote the hedge policy, or a NAV snapshot that left
-    the switch anything but armed); the risk state (read again after an exit, an entry or a hedge sale
-    moved the book, and for a pair with an open position); and which cycle left the hedge evaluated and
-    the NAV recorded on this bar. A pair finished by another task, or a failed one, resets it all but the
-    candles."""
+    thresholds (read again when the hedge evaluation found or left a hedge policy other than the one read
+    with the account, or a NAV snapshot left the switch anything but armed); the risk state (read again
+    after an exit, an entry or a hedge sale moved the book, and for a pair with an open position); and
+    which cycle left the hedge evaluated and the NAV recorded on this bar. A pair another worker finished
+    or took over, or a failed one, resets it all but the candles."""
 
     account: Account | None = None
     state: object | None = None  # risk.pretrade.RiskState
     candles: dict = field(default_factory=dict)  # instrument id → the bar's closed Candle
     hedged_by: int | None = None
     nav_by: int | None = None
-    looked_back: bool = False  # the bar's earlier cycles (other tasks) were consulted
+    looked_back: bool = False  # hedged_by and nav_by are known: consulted, or none can exist (see the claim)
 
     def reset(self) -> None:
         """Forget everything but the bar's candles: the next cycle reads the account afresh."""
@@ -109,13 +109,15 @@ def _claim_pairs(
     now: datetime,
 ) -> list[tuple[Cycle, bool]]:
     """(cycle, run it?) for each of ``instruments``, in that order, on the bar: one transaction under the
-    account's row lock for all of them. A cycle already done or skipped is returned as it is (not run).
-    The others are claimed together, to run one after the other in that order: the k-th of them holds a
-    lease of k times ``CYCLE_LEASE_SECONDS`` from ``now``, so each still has a whole lease when its turn
-    comes, and a dead worker's cycles lapse one lease apart. While any cycle of the account holds a live
-    lease (another worker's), :class:`CycleBusy` is raised and nothing is claimed."""
+    account's row lock for all of them. A cycle already done or skipped is returned as it is (not run);
+    when all are, nothing else is looked at. The others are claimed together, each with a lease of
+    ``CYCLE_LEASE_SECONDS`` from ``now``, to run one after the other in that order: each renews its lease
+    when its turn comes (:func:`_take_turn`), so a dead worker's cycles lapse within one lease, as one
+    cycle's did. While any cycle of the account holds a live lease (another worker's),
+    :class:`CycleBusy` is raised and nothing is claimed."""
     lease = timedelta(seconds=settings.CYCLE_LEASE_SECONDS)
     wanted = {instrument.pk for instrument in instruments}
+    finished = (CycleStatus.DONE, CycleStatus.SKIPPED)
     with transaction.atomic():
         locked = Account.objects.select_for_update(no_key=True).get(pk=account.pk)
         # These cycles' rows and every running cycle of the account holding a lease, in one read.
@@ -132,6 +134,9 @@ def _claim_pairs(
             and row.timeframe == timeframe
             and row.bar_open_time == bar_open_time
         }
+        if all(pk in mine and mine[pk].status in finished for pk in wanted):
+            # All done already (a retried or duplicate task): returned as they are, whatever else runs.
+            return [(mine[instrument.pk], False) for instrument in instruments]
         holder = next(
             (row for row in rows if row.status == CycleStatus.RUNNING and row.lease_until > now), None
         )
@@ -142,13 +147,11 @@ def _claim_pairs(
         broker = book_of(locked)
         claimed: list[tuple[Cycle, bool]] = []
         new: list[Cycle] = []
-        turn = 0
         for instrument in instruments:
             cycle = mine.get(instrument.pk)
-            if cycle is not None and cycle.status in (CycleStatus.DONE, CycleStatus.SKIPPED):
+            if cycle is not None and cycle.status in finished:
                 claimed.append((cycle, False))
                 continue
-            turn += 1
             if cycle is None:
                 cycle = Cycle(
                     account=locked,
@@ -159,14 +162,14 @@ def _claim_pairs(
                     status=CycleStatus.RUNNING,
                     attempts=1,
                     started_at=now,
-                    lease_until=now + turn * lease,
+                    lease_until=now + lease,
                 )
                 new.append(cycle)
             else:  # failed, or its worker died and the lease lapsed: resumed
                 cycle.status = CycleStatus.RUNNING
                 cycle.attempts += 1
                 cycle.started_at = now
-                cycle.lease_until = now + turn * lease
+                cycle.lease_until = now + lease
                 cycle.broker = broker
                 cycle.error = ""
                 cycle.save(
@@ -175,7 +178,24 @@ def _claim_pairs(
             claimed.append((cycle, True))
         if new:
             Cycle.objects.bulk_create(new)  # one INSERT; the rows come back with their ids
+            if any(cycle.pk is None for cycle in new):
+                raise CycleError(
+                    "the database returned no ids for the claimed cycles (SQLite 3.35 or later is needed)"
+                )
     return claimed
+
+
+def _take_turn(cycle: Cycle, *, now: datetime) -> bool:
+    """A cycle claimed with the account's other pairs, when its turn comes: its lease renewed (a whole lease
+    from ``now``) and its start set, if it is still this task's. False when it is not: its lease lapsed
+    while an earlier pair ran, and another worker resumed it (its attempts moved on) or finished it."""
+    until = now + timedelta(seconds=settings.CYCLE_LEASE_SECONDS)
+    taken = Cycle.objects.filter(pk=cycle.pk, status=CycleStatus.RUNNING, attempts=cycle.attempts).update(
+        lease_until=until, started_at=now
+    )
+    if taken:
+        cycle.lease_until, cycle.started_at = until, now
+    return bool(taken)
 
 
 def _finish(cycle: Cycle, *, status: str, started: float, error: str = "") -> Cycle:
@@ -185,7 +205,6 @@ def _finish(cycle: Cycle, *, status: str, started: float, error: str = "") -> Cy
     cycle.duration_ms = round((time.perf_counter() - started) * 1000, 3)
     cycle.save(
         update_fields=[
-            "started_at",
             "status",
             "error",
             "finished_at",
@@ -305,6 +324,14 @@ def _hedge_target(account: Account, now: datetime) -> Decimal:
 ACCOUNT_STATE = ("risk_policy", "kill_switch", "hedge_policy", "strategy_thresholds")
 
 
+def _row_values(row) -> tuple | None:
+    """Every stored field of ``row`` (``None`` for no row): two copies of one row compare equal only when
+    nothing was saved in between."""
+    if row is None:
+        return None
+    return tuple(getattr(row, field.attname) for field in type(row)._meta.concrete_fields)
+
+
 def _related(account: Account, name: str):
     """The account's one-to-one row ``name`` (loaded with it: see ``ACCOUNT_STATE``), ``None`` when it has
     none."""
@@ -402,12 +429,11 @@ def _cycle_execute(
     from trading.cycle_core import decide
 
     given_now = now
-    now = now or platform_now()
-    cycle.started_at = timezone.now()  # claimed with the account's other pairs: its turn starts now
     started = time.perf_counter()
     records: list[dict] = []
     cycle.decisions = records
     try:
+        now = given_now or platform_now()
         candle = None if context is None else context.candles.get(instrument.pk)
         if candle is None:
             candle = Candle.objects.filter(
@@ -589,14 +615,17 @@ def _cycle_execute(
         else:
             hedged_by, nav_by = _done_on_this_bar(cycle)
         if hedged_by is None:
-            hedge_records, policy_changed = _hedge(
+            hedge_records, evaluated_policy = _hedge(
                 account=account, actor=actor, now=now, quotes=quotes, broker_factory=broker_factory
             )
             records.extend(hedge_records)
             if context is not None:
-                # An evaluation that created the hedge policy or ended a lapsed override: the next cycle
-                # reads the account (with its hedge policy) again; a rebalance that sold moved the book.
-                if policy_changed:
+                # A hedge policy other than the one read with the account (the evaluation created it or
+                # ended a lapsed override, or a director changed it since): the next cycle reads the
+                # account again; a rebalance that sold moved the book.
+                if evaluated_policy is not None and _row_values(evaluated_policy) != _row_values(
+                    _related(account, "hedge_policy")
+                ):
                     context.account = None
                 if any(item.get("order_ids") for item in hedge_records):
                     context.state = None
@@ -696,10 +725,22 @@ def account_cycles_run(
         context.looked_back = True
     cycles: list[Cycle] = []
     failure: Exception | None = None
+    first = True
     for instrument, (cycle, run) in zip(instruments, claimed, strict=True):
         if not run:
             cycles.append(cycle)
             continue
+        if not first and not _take_turn(cycle, now=timezone.now()):
+            logger.warning(
+                "%s %s: cycle #%s was taken over by another worker while earlier pairs ran",
+                account.slug,
+                instrument.symbol,
+                cycle.pk,
+            )
+            cycles.append(Cycle.objects.get(pk=cycle.pk))
+            context.reset()  # another worker ran in this account: read afresh
+            continue
+        first = False
         try:
             cycles.append(
                 _cycle_execute(
@@ -807,10 +848,10 @@ def _done_by(pk: int, decisions, *, kind: str, done: str, relied: str) -> int | 
     return pk if done in record else None
 
 
-def _hedge(*, account: Account, actor, now: datetime, quotes, broker_factory) -> tuple[list[dict], bool]:
-    """(the cycle's records of the hedge's evaluation, whether it wrote the account's hedge policy). One
-    that cannot be made (no price, no volatility, a policy problem) wrote nothing: it is recorded as a
-    problem on the cycle and logged, and the NAV snapshot after it still runs."""
+def _hedge(*, account: Account, actor, now: datetime, quotes, broker_factory) -> tuple[list[dict], object]:
+    """(the cycle's records of the hedge's evaluation, the hedge policy as the evaluation left it). One that
+    cannot be made (no price, no volatility, a policy problem) wrote nothing: it is recorded as a problem
+    on the cycle and logged, and the NAV snapshot after it still runs (no policy is returned)."""
     from hedging.services import HedgeUnavailable, hedge_evaluate
 
     try:
@@ -819,12 +860,12 @@ def _hedge(*, account: Account, actor, now: datetime, quotes, broker_factory) ->
         )
     except HedgeUnavailable as exc:
         logger.error("%s: hedge not evaluated: %s", account.slug, exc)
-        return [{"kind": "hedge", "problem": str(exc)}], False
+        return [{"kind": "hedge", "problem": str(exc)}], None
     record = {"kind": "hedge", "summary": outcome.summary()}
     placed = [item.order_id for item in outcome.outcomes if item.order_id is not None]
     if placed:
         record["order_ids"] = placed
-    return [record], outcome.policy_changed
+    return [record], outcome.policy
 
 
 # ----------------------------------------------------------------------------------------------------------
