@@ -16,7 +16,7 @@ from tests.learning.conftest import store
 from tests.learning.synthetic import candles
 from trading.candles import CandleRow
 from trading.matching import Quote
-from trading.models import Candle, Cycle, CycleStatus, Order, OrderStatus
+from trading.models import Candle, Cycle, CycleStatus, Instrument, Order, OrderStatus
 from trading.quotes import MemoryQuoteSource
 from trading.services import cycle as cycle_service
 from trading.services import feed_bars_store
@@ -640,7 +640,7 @@ def test_the_second_pair_reuses_the_accounts_reads_while_nothing_traded(
     assert "evaluated_by" in hedge_record(second)
 
 
-def test_the_account_is_read_again_only_after_a_hedge_evaluation_that_wrote_the_hedge_policy(
+def test_the_account_is_read_again_only_when_the_hedge_evaluation_met_another_hedge_policy(
     funded, firm, bars, settings, monkeypatch
 ):
     """An account's first evaluation creates its hedge policy (the core's defaults), one that ends a lapsed
@@ -854,29 +854,114 @@ def test_a_finished_bar_is_returned_as_it_is_while_another_cycle_of_the_account_
     assert run(funded, bars).pk == done[0].pk
 
 
-def test_a_pair_another_worker_took_over_while_earlier_pairs_ran_is_not_run_again(
-    funded, bars, settings, monkeypatch
-):
-    """The ETH cycle's lease lapsed while BTC ran and another worker resumed it: the account task leaves it
-    to that worker."""
-    settings.AETHER_PAIRS = ["BTC/USD", "ETH/USD"]
-    monkeypatch.setattr(cycle_service, "_strategy_for", lambda account: AlwaysHold())
+def slow_first_pair(monkeypatch, bars, meanwhile):
+    """Run ``meanwhile()`` while the BTC cycle runs (as if it took long); record the pairs this task ran."""
     execute = cycle_service._cycle_execute
     ran = []
 
-    def slow_btc(cycle, **kwargs):
+    def run_and_wait(cycle, **kwargs):
         ran.append(kwargs["instrument"].symbol)
-        if kwargs["instrument"] == bars["btc"]:  # meanwhile, another worker resumes the lapsed ETH cycle
-            Cycle.objects.filter(account=funded, instrument=bars["eth"]).update(
-                attempts=2, lease_until=timezone.now() + timedelta(minutes=5)
-            )
+        if kwargs["instrument"] == bars["btc"]:
+            meanwhile()
         return execute(cycle, **kwargs)
 
-    monkeypatch.setattr(cycle_service, "_cycle_execute", slow_btc)
-    btc, eth = run_account(funded, bars)
+    monkeypatch.setattr(cycle_service, "_cycle_execute", run_and_wait)
+    return ran
+
+
+def test_a_pair_another_worker_resumed_while_earlier_pairs_ran_is_left_to_it(
+    funded, bars, settings, monkeypatch
+):
+    """ETH's lease lapsed while BTC ran, and another worker resumed ETH: the account task does not run it
+    (the claim it falls back to meets that worker's lease) and a retry finds it as that worker leaves it."""
+    settings.AETHER_PAIRS = ["BTC/USD", "ETH/USD"]
+    monkeypatch.setattr(cycle_service, "_strategy_for", lambda account: AlwaysHold())
+    ran = slow_first_pair(
+        monkeypatch,
+        bars,
+        lambda: Cycle.objects.filter(account=funded, instrument=bars["eth"]).update(
+            attempts=2, lease_until=timezone.now() + timedelta(minutes=5)
+        ),
+    )
+    with pytest.raises(CycleBusy, match="is running in another worker"):
+        run_account(funded, bars)
     assert ran == ["BTC/USD"]
-    assert btc.status in FINISHED
-    assert (eth.status, eth.attempts) == (CycleStatus.RUNNING, 2)  # the other worker's, left to it
+    assert Cycle.objects.get(account=funded, instrument=bars["btc"]).status in FINISHED
+    eth = Cycle.objects.get(account=funded, instrument=bars["eth"])
+    assert (eth.status, eth.attempts) == (CycleStatus.RUNNING, 2)  # the other worker's, untouched
+
+
+def test_a_pair_whose_lease_lapsed_is_claimed_again_and_never_runs_beside_another_workers_cycle(
+    funded, bars, settings, monkeypatch
+):
+    settings.AETHER_PAIRS = ["BTC/USD", "ETH/USD"]
+    monkeypatch.setattr(cycle_service, "_strategy_for", lambda account: AlwaysHold())
+    lapsed = timezone.now() - timedelta(seconds=1)
+
+    # Nobody claimed meanwhile: ETH is claimed again (a second attempt) and runs.
+    ran = slow_first_pair(
+        monkeypatch,
+        bars,
+        lambda: Cycle.objects.filter(account=funded, instrument=bars["eth"]).update(lease_until=lapsed),
+    )
+    _, eth = run_account(funded, bars)
+    assert ran == ["BTC/USD", "ETH/USD"]
+    assert (eth.attempts, eth.status in FINISHED) == (2, True)
+
+    # The next bar's task claimed in the account meanwhile: ETH does not run beside it.
+    Cycle.objects.filter(account=funded).delete()
+    now = timezone.now()
+
+    def next_bar_claimed():
+        Cycle.objects.filter(account=funded, instrument=bars["eth"]).update(lease_until=lapsed)
+        Cycle.objects.create(
+            account=funded,
+            instrument=bars["btc"],
+            timeframe=60,
+            bar_open_time=bars["bar"] + timedelta(hours=1),
+            broker="sim",
+            started_at=now,
+            lease_until=now + timedelta(minutes=5),
+        )
+
+    ran = slow_first_pair(monkeypatch, bars, next_bar_claimed)
+    with pytest.raises(CycleBusy, match="holds the lease"):
+        run_account(funded, bars)
+    assert ran == ["BTC/USD"]
+    eth = Cycle.objects.get(account=funded, instrument=bars["eth"], bar_open_time=bars["bar"])
+    assert (eth.status, eth.attempts) == (CycleStatus.RUNNING, 1)  # a retry resumes it
+
+
+def test_a_task_stopped_by_an_error_between_pairs_releases_the_pairs_it_had_not_started(
+    funded, bars, settings, monkeypatch
+):
+    from django.db import OperationalError
+
+    settings.AETHER_PAIRS = ["BTC/USD", "ETH/USD", "SOL/USD"]
+    monkeypatch.setattr(cycle_service, "_strategy_for", lambda account: AlwaysHold())
+    sol = Instrument.objects.get(symbol="SOL/USD")
+    source = Candle.objects.get(instrument=bars["eth"], timeframe=60, open_time=bars["bar"])
+    source.pk, source.instrument = None, sol
+    source.save()
+
+    def database_gone(cycle, **kwargs):
+        raise OperationalError("server closed the connection unexpectedly (test)")
+
+    monkeypatch.setattr(cycle_service, "_take_turn", database_gone)
+    with pytest.raises(OperationalError):
+        run_account(funded, bars)
+    rows = {c.instrument.symbol: c for c in Cycle.objects.filter(account=funded)}
+    assert rows["BTC/USD"].status in FINISHED
+    now = timezone.now()
+    assert rows["ETH/USD"].status == rows["SOL/USD"].status == CycleStatus.RUNNING
+    assert rows["SOL/USD"].lease_until <= now  # released: a retry need not wait for it
+    # ETH (whose turn failed) keeps its lease until it lapses; once it has, a retry runs what is left.
+    Cycle.objects.filter(pk=rows["ETH/USD"].pk).update(lease_until=now - timedelta(seconds=1))
+    monkeypatch.undo()
+    settings.AETHER_PAIRS = ["BTC/USD", "ETH/USD", "SOL/USD"]
+    monkeypatch.setattr(cycle_service, "_strategy_for", lambda account: AlwaysHold())
+    retried = run_account(funded, bars)
+    assert [c.status in FINISHED for c in retried] == [True, True, True]
 
 
 def test_a_clock_failure_at_the_start_of_a_claimed_pair_fails_that_cycle_loudly(

@@ -110,7 +110,7 @@ def _claim_pairs(
 ) -> list[tuple[Cycle, bool]]:
     """(cycle, run it?) for each of ``instruments``, in that order, on the bar: one transaction under the
     account's row lock for all of them. A cycle already done or skipped is returned as it is (not run);
-    when all are, nothing else is looked at. The others are claimed together, each with a lease of
+    when all are, whatever else of the account runs. The others are claimed together, each with a lease of
     ``CYCLE_LEASE_SECONDS`` from ``now``, to run one after the other in that order: each renews its lease
     when its turn comes (:func:`_take_turn`), so a dead worker's cycles lapse within one lease, as one
     cycle's did. While any cycle of the account holds a live lease (another worker's),
@@ -185,17 +185,42 @@ def _claim_pairs(
     return claimed
 
 
-def _take_turn(cycle: Cycle, *, now: datetime) -> bool:
-    """A cycle claimed with the account's other pairs, when its turn comes: its lease renewed (a whole lease
-    from ``now``) and its start set, if it is still this task's. False when it is not: its lease lapsed
-    while an earlier pair ran, and another worker resumed it (its attempts moved on) or finished it."""
+def _take_turn(
+    cycle: Cycle, *, account: Account, instrument: Instrument, timeframe: int, bar_open_time: datetime
+) -> tuple[Cycle, bool, bool]:
+    """A cycle claimed with the account's other pairs, when its turn comes: ``(cycle, run it?, kept)``.
+
+    Kept (the common case): its lease was still live and still this task's, and one conditional UPDATE
+    renews it (a whole lease from now) and sets its start. Otherwise its lease lapsed while earlier pairs
+    ran, so another worker may have claimed in the account since: the pair is claimed again as any
+    task claims (:func:`_claim`, under the account's lock; :class:`CycleBusy` while another worker holds
+    a lease, a finished cycle returned as it is, a lapsed one resumed)."""
+    now = timezone.now()
     until = now + timedelta(seconds=settings.CYCLE_LEASE_SECONDS)
-    taken = Cycle.objects.filter(pk=cycle.pk, status=CycleStatus.RUNNING, attempts=cycle.attempts).update(
-        lease_until=until, started_at=now
-    )
-    if taken:
+    kept = Cycle.objects.filter(
+        pk=cycle.pk, status=CycleStatus.RUNNING, attempts=cycle.attempts, lease_until__gt=now
+    ).update(lease_until=until, started_at=now)
+    if kept:
         cycle.lease_until, cycle.started_at = until, now
-    return bool(taken)
+        return cycle, True, True
+    cycle, run = _claim(
+        account=account, instrument=instrument, timeframe=timeframe, bar_open_time=bar_open_time, now=now
+    )
+    return cycle, run, False
+
+
+def _release(cycles: list[Cycle]) -> None:
+    """End the leases of claimed cycles this task will not run after all (it is stopping on an error), so
+    a retry need not wait for them to lapse. Best effort: the error that stops the task is what counts."""
+    if not cycles:
+        return
+    try:
+        for cycle in cycles:
+            Cycle.objects.filter(pk=cycle.pk, status=CycleStatus.RUNNING, attempts=cycle.attempts).update(
+                lease_until=timezone.now()
+            )
+    except Exception:
+        logger.exception("could not release the leases of cycles %s", ", ".join(str(c.pk) for c in cycles))
 
 
 def _finish(cycle: Cycle, *, status: str, started: float, error: str = "") -> Cycle:
@@ -693,11 +718,14 @@ def account_cycles_run(
     """The account's cycle on every traded pair whose bar opened at ``bar_open_time`` is stored closed, one
     pair after the other (in symbol order), sharing what the cycles of one account on one bar have in
     common (:class:`AccountBar`: the account, the risk state until an order moves the book, the hedge and
-    NAV done once). The pairs are claimed together, in one transaction (:func:`_claim_pairs`); cycles
-    already finished are returned as they are. A pair's failure is logged, the other pairs still run, and
-    the first failure is raised at the end (a retry runs only what did not finish); :class:`CycleBusy`
-    (another worker holds a lease of the account) is raised before any pair runs, and a retry claims
-    again. What the feed's ``trading.bar_closed`` queues, one task per account."""
+    NAV done once). The pairs are claimed together, in one transaction (:func:`_claim_pairs`), and each
+    later pair renews its lease when its turn comes (:func:`_take_turn`); cycles already finished are
+    returned as they are (all of them: whatever else of the account runs). A pair's failure is logged,
+    the other pairs still run, and the first failure is raised at the end (a retry runs only what did not
+    finish). :class:`CycleBusy` (another worker holds a lease of the account) is raised by the claim
+    before any pair runs, or by a pair whose lease lapsed and that could not be claimed again; the pairs
+    not started are released and a retry claims again. What the feed's ``trading.bar_closed`` queues,
+    one task per account."""
     timeframe = settings.AETHER_TIMEFRAME if timeframe is None else timeframe
     traded = {instrument.pk: instrument for instrument in configured_instruments()}
     candles = list(
@@ -725,41 +753,57 @@ def account_cycles_run(
         context.looked_back = True
     cycles: list[Cycle] = []
     failure: Exception | None = None
-    first = True
-    for instrument, (cycle, run) in zip(instruments, claimed, strict=True):
-        if not run:
-            cycles.append(cycle)
-            continue
-        if not first and not _take_turn(cycle, now=timezone.now()):
-            logger.warning(
-                "%s %s: cycle #%s was taken over by another worker while earlier pairs ran",
-                account.slug,
-                instrument.symbol,
-                cycle.pk,
-            )
-            cycles.append(Cycle.objects.get(pk=cycle.pk))
-            context.reset()  # another worker ran in this account: read afresh
-            continue
-        first = False
-        try:
-            cycles.append(
-                _cycle_execute(
+    pending = [cycle for cycle, run in claimed if run]  # claimed, their turn not come yet
+    turns = 0
+    try:
+        for instrument, (cycle, run) in zip(instruments, claimed, strict=True):
+            if not run:
+                cycles.append(cycle)
+                continue
+            pending.remove(cycle)
+            if turns:  # the first pair was claimed just now; a later one renews its lease first
+                cycle, run, kept = _take_turn(
                     cycle,
                     account=account,
                     instrument=instrument,
-                    bar_open_time=bar_open_time,
                     timeframe=timeframe,
-                    actor=actor,
-                    quotes=quotes,
-                    broker_factory=broker_factory,
-                    now=now,
-                    context=context,
+                    bar_open_time=bar_open_time,
                 )
-            )
-        except Exception as exc:  # recorded on the cycle by _cycle_execute; the other pairs still run
-            logger.exception("%s %s: cycle failed", account.slug, instrument.symbol)
-            failure = failure or exc
-            context.reset()  # what the failed cycle left in it is not trusted: the next pair reads afresh
+                if not kept:
+                    logger.warning(
+                        "%s %s: cycle #%s's lease lapsed while earlier pairs ran; claimed again (%s)",
+                        account.slug,
+                        instrument.symbol,
+                        cycle.pk,
+                        "to run" if run else "finished by another worker",
+                    )
+                    context.reset()  # other workers may have run in this account meanwhile: read afresh
+                if not run:
+                    cycles.append(cycle)
+                    continue
+            turns += 1
+            try:
+                cycles.append(
+                    _cycle_execute(
+                        cycle,
+                        account=account,
+                        instrument=instrument,
+                        bar_open_time=bar_open_time,
+                        timeframe=timeframe,
+                        actor=actor,
+                        quotes=quotes,
+                        broker_factory=broker_factory,
+                        now=now,
+                        context=context,
+                    )
+                )
+            except Exception as exc:  # recorded on the cycle by _cycle_execute; the other pairs still run
+                logger.exception("%s %s: cycle failed", account.slug, instrument.symbol)
+                failure = failure or exc
+                context.reset()  # what the failed cycle left in it is not trusted: the next pair reads afresh
+    except BaseException:  # e.g. CycleBusy on a pair claimed again, a database error: stop, and let the
+        _release(pending)  # pairs not started go now rather than when their leases lapse
+        raise
     if failure is not None:
         raise failure
     return cycles
