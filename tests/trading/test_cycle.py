@@ -124,17 +124,22 @@ def test_a_cycle_resumed_after_its_worker_died_finds_the_order_it_already_placed
     assert Order.objects.filter(account=funded).count() == 1  # found by its client id, not placed again
 
 
-def test_cycles_of_one_account_never_overlap_but_other_accounts_run(funded, firm, bars):
+def running_elsewhere(account, instrument, bar_open_time) -> Cycle:
+    """A cycle of ``account`` that another worker is running: its lease live for five more minutes."""
     now = timezone.now()
-    Cycle.objects.create(
-        account=funded,
-        instrument=bars["eth"],
+    return Cycle.objects.create(
+        account=account,
+        instrument=instrument,
         timeframe=60,
-        bar_open_time=bars["bar"],
+        bar_open_time=bar_open_time,
         broker="sim",
         started_at=now,
         lease_until=now + timedelta(minutes=5),
     )
+
+
+def test_cycles_of_one_account_never_overlap_but_other_accounts_run(funded, firm, bars):
+    running_elsewhere(funded, bars["eth"], bars["bar"])
     with pytest.raises(CycleBusy, match="holds the lease"):
         run(funded, bars)
     assert not Cycle.objects.filter(account=funded, instrument=bars["btc"]).exists()
@@ -840,16 +845,7 @@ def test_a_finished_bar_is_returned_as_it_is_while_another_cycle_of_the_account_
     settings.AETHER_PAIRS = ["BTC/USD", "ETH/USD"]
     monkeypatch.setattr(cycle_service, "_strategy_for", lambda account: AlwaysHold())
     done = run_account(funded, bars)
-    now = timezone.now()
-    Cycle.objects.create(  # the next bar's cycle, running in another worker
-        account=funded,
-        instrument=bars["btc"],
-        timeframe=60,
-        bar_open_time=bars["bar"] + timedelta(hours=1),
-        broker="sim",
-        started_at=now,
-        lease_until=now + timedelta(minutes=5),
-    )
+    running_elsewhere(funded, bars["btc"], bars["bar"] + timedelta(hours=1))  # the next bar's
     assert [c.pk for c in run_account(funded, bars)] == [c.pk for c in done]
     assert run(funded, bars).pk == done[0].pk
 
@@ -910,19 +906,10 @@ def test_a_pair_whose_lease_lapsed_is_claimed_again_and_never_runs_beside_anothe
 
     # The next bar's task claimed in the account meanwhile: ETH does not run beside it.
     Cycle.objects.filter(account=funded).delete()
-    now = timezone.now()
 
     def next_bar_claimed():
         Cycle.objects.filter(account=funded, instrument=bars["eth"]).update(lease_until=lapsed)
-        Cycle.objects.create(
-            account=funded,
-            instrument=bars["btc"],
-            timeframe=60,
-            bar_open_time=bars["bar"] + timedelta(hours=1),
-            broker="sim",
-            started_at=now,
-            lease_until=now + timedelta(minutes=5),
-        )
+        running_elsewhere(funded, bars["btc"], bars["bar"] + timedelta(hours=1))
 
     ran = slow_first_pair(monkeypatch, bars, next_bar_claimed)
     with pytest.raises(CycleBusy, match="holds the lease"):
@@ -1016,16 +1003,7 @@ def test_the_account_task_looks_for_the_bars_earlier_cycles_only_when_one_had_fi
 
 def test_another_workers_lease_stops_the_account_task_before_it_claims_anything(funded, bars, settings):
     settings.AETHER_PAIRS = ["BTC/USD", "ETH/USD"]
-    now = timezone.now()
-    elsewhere = Cycle.objects.create(
-        account=funded,
-        instrument=bars["btc"],
-        timeframe=60,
-        bar_open_time=bars["bar"] - timedelta(hours=1),
-        broker="sim",
-        started_at=now,
-        lease_until=now + timedelta(minutes=5),
-    )
+    elsewhere = running_elsewhere(funded, bars["btc"], bars["bar"] - timedelta(hours=1))
     with pytest.raises(CycleBusy, match=f"cycle #{elsewhere.pk} .* holds the lease"):
         run_account(funded, bars)
     assert not Cycle.objects.filter(account=funded, bar_open_time=bars["bar"]).exists()
