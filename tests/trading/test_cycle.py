@@ -1012,7 +1012,8 @@ def test_another_workers_lease_stops_the_account_task_before_it_claims_anything(
 def test_pairs_claimed_by_a_worker_that_died_are_resumed_once_their_leases_lapse(
     funded, bars, settings, monkeypatch
 ):
-    """The worker dies during the first pair: both pairs stay running (claimed together), a retry meets the
+    """The worker dies during the first pair: both pairs stay running (claimed together; the one not started
+    has its lease released on the way out, which a SIGKILL would not do), a retry meets the first pair's
     live lease, and once the leases lapse the retry resumes both (second attempts) and finishes them."""
     settings.AETHER_PAIRS = ["BTC/USD", "ETH/USD"]
     monkeypatch.setattr(cycle_service, "_strategy_for", lambda account: AlwaysHold())
