@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,6 +10,7 @@ from django.db import models, transaction
 from django.utils import timezone
 
 from aether_site.db import advisory_xact_lock
+from aether_site.rows import insert_rows
 from governance.actors import actor_label, actor_user
 from governance.chain import GENESIS_HASH, ChainRecord, canonical_details, compute_hash, event_time
 from governance.models import AuditEvent
@@ -138,6 +140,20 @@ def _lock_chain_and_read_head(connection) -> tuple[int, str] | None:
     return (int(row[0]), row[1]) if row is not None else None
 
 
+@dataclass(frozen=True)
+class AuditEntry:
+    """One event to append, as :func:`audit_record` takes it; for :func:`audit_record_many`, which writes
+    several in one statement. ``details`` is read when the entry is written: pass a snapshot."""
+
+    actor: Any
+    action: str
+    account: Any = None
+    target: models.Model | None = None
+    target_type: str = ""
+    target_id: str = ""
+    details: dict[str, Any] | None = None
+
+
 def audit_record(
     *,
     actor,
@@ -156,52 +172,75 @@ def audit_record(
     possible (from the first event on, foreign keys are checked as each statement runs). A second event in
     the same transaction appends to the head the first one left (the lock is still held, so nobody else can
     have appended) instead of locking and reading the head again."""
+    entry = AuditEntry(
+        actor=actor,
+        action=action,
+        account=account,
+        target=target,
+        target_type=target_type,
+        target_id=target_id,
+        details=details,
+    )
+    return audit_record_many([entry])[0]
+
+
+def audit_record_many(entries: Sequence[AuditEntry]) -> list[AuditEvent]:
+    """Append ``entries`` to the audit chain in their order, as :func:`audit_record` would one by one, but
+    in one INSERT: a transaction that knows all its events at its end (the order service) takes the chain
+    lock only then, for as short a time as it can. Same rules as :func:`audit_record`."""
     connection = transaction.get_connection()
     if not connection.in_atomic_block:
         raise RuntimeError("audit_record() must run inside the caller's transaction.atomic() block")
-    if target is not None:
-        if target.pk is None:
-            raise ValueError("audit target must be saved first")
-        target_type, target_id = target._meta.label_lower, str(target.pk)
-    details_json = canonical_details(details)
-    label = actor_label(actor)
-
-    user = actor_user(actor)
+    if not entries:
+        return []
     known = _known(connection)
-    shared = _share_referenced_rows(
-        connection, account, user, known.shared if known is not None else frozenset()
-    )
+    shared = known.shared if known is not None else frozenset()
+    prepared = []
+    for entry in entries:
+        target_type, target_id = entry.target_type, entry.target_id
+        if entry.target is not None:
+            if entry.target.pk is None:
+                raise ValueError("audit target must be saved first")
+            target_type, target_id = entry.target._meta.label_lower, str(entry.target.pk)
+        user = actor_user(entry.actor)
+        shared = _share_referenced_rows(connection, entry.account, user, shared)
+        prepared.append((entry, user, target_type, str(target_id), canonical_details(entry.details)))
     if known is not None and known.head is not None:
         seq, prev_hash = known.head[0] + 1, known.head[1]
     else:
         head = _lock_chain_and_read_head(connection)
         seq, prev_hash = (head[0] + 1, head[1]) if head else (1, GENESIS_HASH)
 
-    record = ChainRecord(
-        seq=seq,
-        created_at=event_time(timezone.now()),
-        actor=label,
-        actor_user_id=user.pk if user is not None else None,
-        account_id=account.pk if account is not None else None,
-        action=action,
-        target_type=target_type,
-        target_id=str(target_id),
-        details_json=details_json,
-        prev_hash=prev_hash,
-    )
-    event = AuditEvent(
-        seq=record.seq,
-        created_at=record.created_at,
-        actor=record.actor,
-        actor_user=user,
-        account=account,
-        action=record.action,
-        target_type=record.target_type,
-        target_id=record.target_id,
-        details_json=record.details_json,
-        prev_hash=record.prev_hash,
-        hash=compute_hash(record),
-    )
-    event.save(force_insert=True)
-    _remember(connection, (event.seq, event.hash), shared)
-    return event
+    events = []
+    created_at = event_time(timezone.now())
+    for entry, user, target_type, target_id, details_json in prepared:
+        record = ChainRecord(
+            seq=seq,
+            created_at=created_at,
+            actor=actor_label(entry.actor),
+            actor_user_id=user.pk if user is not None else None,
+            account_id=entry.account.pk if entry.account is not None else None,
+            action=entry.action,
+            target_type=target_type,
+            target_id=target_id,
+            details_json=details_json,
+            prev_hash=prev_hash,
+        )
+        event = AuditEvent(
+            seq=record.seq,
+            created_at=record.created_at,
+            actor=record.actor,
+            actor_user=user,
+            account=entry.account,
+            action=record.action,
+            target_type=record.target_type,
+            target_id=record.target_id,
+            details_json=record.details_json,
+            prev_hash=record.prev_hash,
+            hash=compute_hash(record),
+        )
+        events.append(event)
+        seq, prev_hash = event.seq + 1, event.hash
+    insert_rows(events)  # one INSERT for all (an event row has no signals or save() of its own)
+    _remember(connection, (events[-1].seq, events[-1].hash), shared)
+    return events

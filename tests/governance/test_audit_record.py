@@ -63,3 +63,39 @@ def test_event_times_are_whole_milliseconds(db):
     with transaction.atomic():
         event = audit_record(actor=SYSTEM, action="test.time")
     assert event.created_at.microsecond % 1000 == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_audit_record_many_appends_its_entries_in_order_in_one_insert(firm, audit_transactional_db):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from governance.services import AuditEntry, audit_record_many
+
+    account = firm.alice_account
+    with transaction.atomic():
+        before = audit_record(actor=SYSTEM, action="test.before", account=account)
+        assert audit_record_many([]) == []
+        with CaptureQueriesContext(connection) as captured:
+            events = audit_record_many(
+                [
+                    AuditEntry(actor=SYSTEM, action="test.one", account=account, details={"n": 1}),
+                    AuditEntry(actor=firm.owner, action="test.two", target=account, details={"n": 2}),
+                    AuditEntry(actor=SYSTEM, action="test.three", target_type="x.y", target_id="7"),
+                ]
+            )
+        inserts = [q["sql"] for q in captured.captured_queries if q["sql"].startswith("INSERT")]
+        assert len(inserts) == 1
+        after = audit_record(actor=SYSTEM, action="test.after")
+    assert [event.action for event in events] == ["test.one", "test.two", "test.three"]
+    assert [event.seq for event in events] == [before.seq + 1, before.seq + 2, before.seq + 3]
+    assert events[0].prev_hash == before.hash
+    assert events[1].prev_hash == events[0].hash
+    assert events[2].prev_hash == events[1].hash
+    assert (after.seq, after.prev_hash) == (events[2].seq + 1, events[2].hash)
+    stored = AuditEvent.objects.get(action="test.two")
+    assert stored.pk == events[1].pk
+    assert (stored.target_type, stored.target_id) == ("accounts.account", str(account.pk))
+    assert stored.actor_user_id == firm.owner.pk
+    assert stored.details == {"n": 2}
+    assert audit_chain_verify() is None
