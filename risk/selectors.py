@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from aether_site.rows import select_rows
 from risk import engine
 from risk.models import KillSwitch, NavSnapshot, RiskPolicy
 
@@ -15,8 +16,9 @@ def engine_policy_for(*, account) -> engine.RiskPolicy:
 
 def switch_state_for(*, account) -> engine.SwitchState:
     """The kill switch's state; an account whose switch was never touched is armed and not halted."""
-    switch = KillSwitch.objects.filter(account=account).first()
-    return engine.SwitchState() if switch is None else switch.to_engine()
+    # One row per account (a unique key): read without the ORM's statement building, on the order path.
+    found = select_rows(KillSwitch, "account_id = %s", [account.pk], limit=1)
+    return engine.SwitchState() if not found else found[0].to_engine()
 
 
 def entries_allowed(account) -> bool:

@@ -18,6 +18,7 @@ from typing import Protocol, runtime_checkable
 
 from django.conf import settings
 
+from aether_site.rows import select_values
 from trading.matching import Bar, Quote, log_return_volatility
 from trading.models import Candle, FeedStatus
 
@@ -115,10 +116,16 @@ class DatabaseQuoteSource:
         self.stats_bars = stats_bars
 
     def quote(self, instrument) -> Quote | None:
+        # Both reads are on the order path: written with ``aether_site.rows`` (no statement building).
         window = tuple(
-            Candle.objects.filter(instrument=instrument, timeframe=self.timeframe, closed=True)
-            .order_by("-open_time")
-            .values_list("open_time", "close", "volume")[: self.stats_bars]
+            select_values(
+                Candle,
+                ("open_time", "close", "volume"),
+                "instrument_id = %s AND timeframe = %s AND closed = %s",
+                [instrument.pk, self.timeframe, True],
+                order_by="open_time DESC",
+                limit=self.stats_bars,
+            )
         )
         stats = candle_stats(instrument.pk, self.timeframe, window)
         volatility, bar_notional = stats.volatility, stats.bar_notional
@@ -132,12 +139,14 @@ class DatabaseQuoteSource:
                 bar_notional=bar_notional,
                 fresh_until=stats.last_close_time + 2 * timedelta(minutes=self.timeframe),
             )
-        status = (
-            FeedStatus.objects.filter(instrument=instrument)
-            .order_by()  # one row per instrument: no join for the model's ordering
-            .values_list("last_price", "last_message_at", "stale")
-            .first()
+        statuses = select_values(  # one row per instrument
+            FeedStatus,
+            ("last_price", "last_message_at", "stale"),
+            "instrument_id = %s",
+            [instrument.pk],
+            limit=1,
         )
+        status = statuses[0] if statuses else None
         last_price, at, stale = status if status is not None else (None, None, False)
         if last_price is not None and at is not None:
             # A pair the feed has marked stale is stale from its last message on.

@@ -23,13 +23,13 @@ from trading.services.orders import order_submit, sim_balance_set
 ENGINE = SystemActor("strategy_cycle")
 
 #: Statements of one simulated market order once the account has traded the pair (its position and
-#: base balance exist), in its own transaction (BEGIN and COMMIT are not captured). Counted when written:
-#: 20 for a buy, 21 for a sell that closes the round trip (its Trade row), on PostgreSQL (where the first
-#: audit event's deferred-constraint check, chain lock and head read go as one query string) and on SQLite
-#: alike. Before the order path was trimmed the same orders took 35 and 37 on PostgreSQL, then 24 and 25,
-#: then 21 and 22 (the simulator now trusts the order's own reservation). A guard against regressions,
-#: not a target.
-BOUND = {"postgresql": {"buy": 20, "sell": 21}, "sqlite": {"buy": 20, "sell": 21}}
+#: base balance exist), in its own transaction. Counted when written: 17 for a buy, 18 for a sell that
+#: closes the round trip (its Trade row), on PostgreSQL (where the first audit event's deferred-constraint
+#: check, chain lock and head read go as one query string) and on SQLite alike. Before the order path was
+#: trimmed the same orders took 35 and 37 on PostgreSQL, then 24 and 25, then 21 and 22, then 20 and 21
+#: (the two audit events now go in one INSERT and no savepoint surrounds the matching). A guard against
+#: regressions, not a target.
+BOUND = {"postgresql": {"buy": 17, "sell": 18}, "sqlite": {"buy": 17, "sell": 18}}
 
 
 def set_price(instrument, price: str) -> None:
@@ -51,7 +51,7 @@ def submit(account, instrument, side: str, quantity: str = "0.01") -> Order:
 
 
 def statements(captured) -> list[str]:
-    # BEGIN and COMMIT are not captured; savepoints are (one per simulated order, around the matching).
+    # BEGIN and COMMIT are not captured; savepoints would be (a simulated order has none).
     return [query["sql"] for query in captured.captured_queries]
 
 
@@ -291,3 +291,113 @@ def test_the_fee_tier_read_with_the_account_lock_prices_the_reservation_and_the_
     sim_balance_set(account=other, asset="USD", amount=D("10000"), actor=ENGINE, reason="test")
     other_fill = submit(other, btc, "buy").fills.get()
     assert other_fill.fee == fee_for(other_fill.price * other_fill.quantity, published.taker_pct)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_simulated_order_writes_its_two_audit_events_in_one_insert_after_its_other_writes(
+    firm, universe, audit_transactional_db
+):
+    """The chain (one lock for the whole platform) is taken by the transaction's last statements: the
+    intent's and the fill's events go together, chained, after the order, fill, position and balances."""
+    btc = universe["BTC/USD"]
+    set_price(btc, "50000")
+    account = firm.alice_account
+    sim_balance_set(account=account, asset="USD", amount=D("10000"), actor=firm.owner, reason="test")
+    with CaptureQueriesContext(connection) as captured:
+        order = submit(account, btc, "buy")
+    assert order.status == OrderStatus.FILLED
+    sql = statements(captured)
+    inserts = [n for n, text in enumerate(sql) if text.startswith('INSERT INTO "governance_auditevent"')]
+    assert len(inserts) == 1
+    assert all(
+        not text.startswith(("INSERT", "UPDATE")) for text in sql[inserts[0] + 1 :] if "history" not in text
+    )
+    events = list(AuditEvent.objects.filter(target_id=str(order.pk)).order_by("seq"))
+    assert [event.action for event in events] == ["order.submit", "order.filled"]
+    assert events[1].seq == events[0].seq + 1
+    assert events[1].prev_hash == events[0].hash
+    assert events[0].details["status"] == "NEW"
+    assert events[1].details["status"] == "FILLED"
+    assert audit_chain_verify() is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_database_error_while_matching_rolls_the_whole_transaction_back_and_keeps_the_intent(
+    firm, universe, audit_transactional_db, monkeypatch
+):
+    """Without a savepoint, a failed statement inside the matching aborts the intent's transaction (on
+    PostgreSQL nothing more runs in it): it rolls back whole and the intent is recorded again, alone."""
+    from django.db import DatabaseError
+
+    import trading.services.orders as orders
+
+    btc = universe["BTC/USD"]
+    set_price(btc, "50000")
+    account = firm.alice_account
+    sim_balance_set(account=account, asset="USD", amount=D("10000"), actor=firm.owner, reason="test")
+
+    def broken_store(position, book):
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT * FROM no_such_table_here")
+
+    monkeypatch.setattr(orders, "_store_book", broken_store)
+    with pytest.raises(DatabaseError):
+        order_submit(
+            account=account,
+            actor=ENGINE,
+            instrument=btc,
+            side="buy",
+            order_type="market",
+            quantity=D("0.01"),
+            client_order_id="kept-after-db-error",
+        )
+    order = Order.objects.get(account=account)
+    assert order.client_order_id == "kept-after-db-error"
+    assert order.status == OrderStatus.NEW
+    assert list(order.history.values_list("history_type", "status")) == [("+", "NEW")]
+    assert not order.fills.exists()
+    actions = AuditEvent.objects.filter(target_type="trading.order").values_list("action", flat=True)
+    assert list(actions) == ["order.submit"]
+    usd = Balance.objects.get(account=account, broker="sim", asset="USD")
+    assert usd.reserved == order.reserved_amount > 0
+    assert usd.total == D("10000")
+    assert not Balance.objects.filter(account=account, broker="sim", asset="BTC").exists()
+    assert audit_chain_verify() is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_written_out_balance_updates_take_clamp_and_refuse_as_the_orm_expressions_did(
+    firm, audit_transactional_db
+):
+    """``_take_reservation`` and ``_move_balance``: reserved kept between zero and the new total, nothing
+    moved when the total would go negative or the reservation is not available, a missing row untouched."""
+    from trading.services.orders import _move_balance, _take_reservation
+
+    account = firm.alice_account
+    Balance.objects.create(account=account, broker="sim", asset="USD", total=D("100"), reserved=D("10"))
+
+    def usd() -> tuple[D, D]:
+        row = Balance.objects.get(account=account, broker="sim", asset="USD")
+        return row.total, row.reserved
+
+    with transaction.atomic():
+        assert _take_reservation(account.pk, "sim", "USD", D("90"))  # exactly what is available
+        assert usd() == (D("100"), D("100"))
+        assert not _take_reservation(account.pk, "sim", "USD", D("0.01"))
+        assert not _take_reservation(account.pk, "sim", "BTC", D("1"))  # no such row
+        # A fill of 40 that used 45 of the reservation: 55 reserved of 60.
+        assert _move_balance(account.pk, "sim", "USD", D("-40"), D("-45"))
+        assert usd() == (D("60"), D("55"))
+        # The reservation never exceeds the new total …
+        assert _move_balance(account.pk, "sim", "USD", D("-10"), D("0"))
+        assert usd() == (D("50"), D("50"))
+        # … and never goes below zero.
+        assert _move_balance(account.pk, "sim", "USD", D("0.123456"), D("-80"))
+        assert usd() == (D("50.123456"), D("0"))
+        # A total that would go negative: nothing moves.
+        assert not _move_balance(account.pk, "sim", "USD", D("-50.123457"), D("0"))
+        assert usd() == (D("50.123456"), D("0"))
+        assert _move_balance(account.pk, "sim", "USD", D("-50.123456"), D("0"))  # to zero exactly
+        assert usd() == (D("0"), D("0"))
+        assert not _move_balance(account.pk, "sim", "BTC", D("1"), D("0"))  # no such row
+    assert not Balance.objects.filter(account=account, asset="BTC").exists()

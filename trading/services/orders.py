@@ -35,16 +35,16 @@ from decimal import Decimal
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
-from django.db.models import F, OuterRef, Subquery, Sum, Value
-from django.db.models.functions import Greatest, Least
+from django.db.models import OuterRef, Subquery, Sum
 from django.utils import timezone
 from prometheus_client import Counter
 from simple_history.utils import get_change_reason_from_object
 
 from accounts.models import Account
 from accounts.selectors import user_can
+from aether_site.rows import insert_rows, select_rows, update_row
 from governance.actors import SystemActor, actor_label, actor_user
-from governance.services import audit_record, audit_rows_locked
+from governance.services import AuditEntry, audit_record, audit_record_many, audit_rows_locked
 from trading import ledger
 from trading.brokers.base import (
     Broker,
@@ -218,17 +218,17 @@ def _lock_balance(account: Account, broker: str, asset: str) -> Balance:
     return balance
 
 
-def _save_order(order: Order, history: list | None, **save_options) -> None:
-    """Save ``order`` and record its history row — the very row ``simple_history``'s ``post_save`` signal
-    would write (same fields, date, user and change reason), built here instead of through the signal.
-    With ``history`` (a list) the row is kept there for :func:`_write_history`, so the rows of one
-    transaction go in one INSERT; with ``None`` it is written now."""
+def _save_order(order: Order, history: list | None, update_fields: list[str] | None = None) -> None:
+    """Save ``order`` (every field, or ``update_fields``) and record its history row — the very row
+    ``simple_history``'s ``post_save`` signal would write (same fields, date, user and change reason),
+    built here instead of through the signal, which ``aether_site.rows`` does not send. With ``history``
+    (a list) the row is kept there for :func:`_write_history`, so the rows of one transaction go in one
+    INSERT; with ``None`` it is written now."""
     history_type = "+" if order._state.adding else "~"
-    order.skip_history_when_saving = True  # simple_history's own switch for its signal
-    try:
-        order.save(**save_options)
-    finally:
-        del order.skip_history_when_saving
+    if order._state.adding:
+        insert_rows([order])
+    else:
+        update_row(order, update_fields)
     if not getattr(settings, "SIMPLE_HISTORY_ENABLED", True):
         return
     model = _historical_order()
@@ -240,14 +240,13 @@ def _save_order(order: Order, history: list | None, **save_options) -> None:
         **{field.attname: getattr(order, field.attname) for field in model.tracked_fields},
     )
     if history is None:
-        row.save()
+        insert_rows([row])
     else:
         history.append(row)
 
 
 def _write_history(rows: list) -> None:
-    if rows:
-        _historical_order().objects.bulk_create(rows)
+    insert_rows(rows)
 
 
 _HISTORICAL_ORDER = None
@@ -382,8 +381,60 @@ def order_record(
 
     With ``simulate_with`` (``order_submit`` passes it), an order of a simulated account is handed to the
     simulator inside this same transaction: there is no network call to commit before, and the order
-    commits already matched. Should the simulator fail, the intent still commits (NEW, for reconciliation
-    to close) and the error is raised after."""
+    commits already matched. Should the simulator fail, that transaction rolls back whole, the intent is
+    recorded again on its own (NEW, for reconciliation to close) and the error is raised once it has
+    committed. (A savepoint around the matching would keep the intent too, but costs two round trips on
+    every order for a failure that should never happen.)"""
+    intent = {
+        "account": account,
+        "actor": actor,
+        "instrument": instrument,
+        "side": side,
+        "order_type": order_type,
+        "quantity": quantity,
+        "limit_price": limit_price,
+        "stop_price": stop_price,
+        "reason": reason,
+        "quotes": quotes,
+    }
+    try:
+        return _record(client_order_id=client_order_id, simulate_with=simulate_with, **intent)
+    except _SimulatorFailed as failed:
+        logger.error(
+            "order %s: the simulator failed (%s: %s); recording the intent NEW",
+            failed.client_order_id,
+            type(failed.error).__name__,
+            failed.error,
+            exc_info=failed.error,
+        )
+        _record(client_order_id=failed.client_order_id, simulate_with=None, **intent)
+        raise failed.error from None
+
+
+class _SimulatorFailed(Exception):
+    """Carries a simulator's error out of the intent's transaction (which then rolls back whole)."""
+
+    def __init__(self, client_order_id: str, error: Exception) -> None:
+        super().__init__(client_order_id)
+        self.client_order_id, self.error = client_order_id, error
+
+
+def _record(
+    *,
+    account: Account,
+    actor,
+    instrument: Instrument,
+    side: str,
+    order_type: str,
+    quantity: Decimal,
+    limit_price: Decimal | None,
+    stop_price: Decimal | None,
+    client_order_id: str | None,
+    reason: str,
+    quotes,
+    simulate_with: BrokerFactory | None,
+) -> tuple[Order, bool]:
+    """``order_record``'s transaction (see there)."""
     from trading.matching import check_order
 
     if side not in Side.__members__.values() or order_type not in OrderKind.__members__.values():
@@ -428,13 +479,7 @@ def order_record(
         simulate = simulate_with is not None and broker == BrokerName.SIM
         # A simulated order is matched below: its position is locked now, in the lock order (account,
         # position, order, balances), and read once for the sell check and the fill.
-        position = (
-            Position.objects.select_for_update()
-            .filter(account=account, broker=broker, instrument=instrument)
-            .first()
-            if simulate
-            else None
-        )
+        position = _locked_position(account.pk, broker, instrument.pk) if simulate else None
         order = Order(
             account=account,
             client_order_id=client_order_id,
@@ -471,28 +516,28 @@ def order_record(
             _rejected(order, "; ".join(problems))
         elif simulate and hasattr(quotes, "remember_reservation"):
             quotes.remember_reservation(order)  # the simulator's funds check needs no second read
-        history: list = []  # the order's history rows, written together once the transaction's work is done
+        # The order's history rows and audit events, written together once the transaction's other work
+        # is done: the audit chain's lock (one for the whole platform) is then held only until COMMIT.
+        history: list = []
+        audit: list = []
         _save_order(order, history)
-        audit_record(
-            actor=actor,
-            action="order.rejected" if problems else "order.submit",
-            account=account,
-            target=order,
-            details=_order_details(order),
+        audit.append(
+            AuditEntry(
+                actor=actor,
+                action="order.rejected" if problems else "order.submit",
+                account=account,
+                target=order,
+                details=_order_details(order),
+            )
         )
-        failure = None
         if simulate and not problems:
             try:
-                with transaction.atomic():
-                    order = _simulate(order, account, actor, simulate_with, position, history)
-            except Exception as exc:  # the intent commits; the error is raised once it has
-                logger.exception("order %s: the simulator failed; left NEW", order.client_order_id)
-                failure = exc
-                del history[1:]  # rolled back with the savepoint: the intent's row alone stays
+                order = _simulate(order, account, actor, simulate_with, position, history, audit)
+            except Exception as exc:  # this transaction rolls back; order_record records the intent alone
+                raise _SimulatorFailed(client_order_id, exc) from exc
         _write_history(history)
+        audit_record_many(audit)
     ORDERS.labels(broker, "rejected" if problems else "recorded").inc()
-    if failure is not None:
-        raise failure
     return order, True
 
 
@@ -503,6 +548,7 @@ def _simulate(
     broker_factory: BrokerFactory,
     position: Position | None,
     history: list,
+    audit: list,
 ) -> Order:
     """Match an order just recorded for a simulated account and apply the result (the account and the
     position, when it exists, are locked by the caller's transaction; the new order is ours alone)."""
@@ -515,8 +561,27 @@ def _simulate(
     except BrokerRefused as exc:
         report = OrderReport(client_order_id=order.client_order_id, status=Status.REJECTED, reason=str(exc))
     return _apply_locked(
-        order, position, report, actor, submitted_at=timezone.now(), fresh=True, history=history
+        order,
+        position,
+        report,
+        actor,
+        submitted_at=timezone.now(),
+        fresh=True,
+        history=history,
+        audit=audit,
     )
+
+
+def _locked_position(account_id: int, broker: str, instrument_id: int) -> Position | None:
+    """The book's position, locked FOR UPDATE (``None`` before its first fill)."""
+    found = select_rows(
+        Position,
+        "account_id = %s AND broker = %s AND instrument_id = %s",
+        [account_id, broker, instrument_id],
+        limit=1,
+        for_update=True,
+    )
+    return found[0] if found else None
 
 
 _UNREAD = object()  # the position was not read by the caller: ``_sellable`` reads it
@@ -557,13 +622,7 @@ def _reserve(
                 f"position and has not already offered in open sell orders; holdings Aether did not buy are "
                 f"never sold"
             ]
-    taken = Balance.objects.filter(
-        account_id=account.pk,
-        broker=order.broker,
-        asset=need.asset,
-        total__gte=F("reserved") + need.amount,
-    ).update(reserved=F("reserved") + need.amount, updated_at=timezone.now())
-    if taken:
+    if _take_reservation(account.pk, order.broker, need.asset, need.amount):
         order.reserved_asset, order.reserved_amount = need.asset, need.amount
         return []
     balance = _lock_balance(account, order.broker, need.asset)
@@ -778,13 +837,14 @@ def _apply_locked(
     submitted_at=None,
     fresh: bool = False,
     history: list | None = None,
+    audit: list | None = None,
 ) -> Order:
     """``order_apply_report`` once the account, position and order are locked (see ``_lock_book``).
 
     ``fresh``: the order was created in this very transaction and this is the first report about it, so
     none of its fills can be recorded yet (the unique trade id constraint stays the wall). ``history``:
     where the order's history row goes to be written with the others of the transaction (written now
-    when ``None``)."""
+    when ``None``); ``audit``: the same for its audit event (an ``AuditEntry``)."""
     account = order.account
     if submitted_at is not None and order.submitted_at is None:
         order.submitted_at = submitted_at
@@ -839,7 +899,7 @@ def _apply_locked(
     ):
         return order
     _save_order(order, history)
-    audit_record(
+    event = AuditEntry(
         actor=actor,
         action="order.reappeared"
         if reappeared
@@ -852,6 +912,10 @@ def _apply_locked(
         | {"from": before, "new_fills": applied.count, "realised_pnl": str(applied.realised)}
         | ({"untracked_sold": str(applied.untracked)} if applied.untracked else {}),
     )
+    if audit is None:
+        audit_record_many([event])
+    else:
+        audit.append(event)
     if order.status != before:
         outcome = ORDERS.labels(order.broker, order.status.lower())
         transaction.on_commit(outcome.inc)
@@ -892,7 +956,7 @@ def _apply_fill(order: Order, position: Position, report: FillReport, applied: A
     )
     if effect.untracked:
         applied.untracked += effect.untracked
-    fill = Fill.objects.create(
+    fill = Fill(
         account_id=order.account_id,
         order=order,
         broker=order.broker,
@@ -908,10 +972,11 @@ def _apply_fill(order: Order, position: Position, report: FillReport, applied: A
         realised_pnl=effect.realised_pnl,
         position_after=effect.book.quantity,
     )
+    insert_rows([fill])
     _store_book(position, effect.book)
     if effect.closed_trip is not None:
         trip = effect.closed_trip
-        Trade.objects.create(
+        trade = Trade(
             account_id=order.account_id,
             broker=order.broker,
             instrument=instrument,
@@ -925,6 +990,7 @@ def _apply_fill(order: Order, position: Position, report: FillReport, applied: A
             return_pct=trip.return_pct,
             closing_fill=fill,
         )
+        insert_rows([trade])
     # Order totals.
     filled = order.filled_quantity + report.quantity
     paid = (order.average_fill_price or 0) * order.filled_quantity + report.price * report.quantity
@@ -949,15 +1015,16 @@ def _book(position: Position) -> ledger.Book:
 
 
 _BOOK_FIELDS = tuple(ledger.Book.__dataclass_fields__)
+_STORED_BOOK_FIELDS = (*_BOOK_FIELDS, "updated_at")
 
 
 def _store_book(position: Position, book: ledger.Book) -> None:
     for name in _BOOK_FIELDS:
         setattr(position, name, getattr(book, name))
     if position._state.adding:
-        position.save()
+        insert_rows([position])
     else:  # the exit plan's columns are not the ledger's: they are left as they are
-        position.save(update_fields=[*_BOOK_FIELDS, "updated_at"])
+        update_row(position, _STORED_BOOK_FIELDS)
 
 
 def _release(order: Order, amount: Decimal, applied: AppliedFills) -> None:
@@ -976,16 +1043,7 @@ def _write_balances(order: Order, applied: AppliedFills) -> None:
         total_change, reserved_change = applied.balances[asset]
         if not total_change and not reserved_change:
             continue
-        moved = Balance.objects.filter(
-            account_id=order.account_id, broker=order.broker, asset=asset, total__gte=-total_change
-        ).update(
-            total=F("total") + total_change,
-            reserved=Least(
-                Greatest(F("reserved") + reserved_change, Value(Decimal(0))), F("total") + total_change
-            ),
-            updated_at=timezone.now(),
-        )
-        if moved:
+        if _move_balance(order.account_id, order.broker, asset, total_change, reserved_change):
             continue
         balance = _lock_balance(order.account, order.broker, asset)
         balance.total += total_change
@@ -1000,6 +1058,67 @@ def _write_balances(order: Order, applied: AppliedFills) -> None:
             balance.total = Decimal(0)
         balance.reserved = min(balance.reserved, balance.total)
         balance.save(update_fields=["total", "reserved", "updated_at"])
+
+
+# The two conditional balance updates of the order path, written out (see ``aether_site.rows`` for why the
+# order path builds its statements once): standard SQL both engines run, every amount cast to NUMERIC as
+# Django's own expressions are on SQLite. tests/trading/test_order_path_queries.py checks their answers.
+_TAKE_RESERVATION = """
+UPDATE {table} SET reserved = reserved + CAST(%s AS NUMERIC), updated_at = %s
+WHERE account_id = %s AND broker = %s AND asset = %s AND total >= reserved + CAST(%s AS NUMERIC)
+"""
+# reserved ← min(max(reserved + Δreserved, 0), total + Δtotal), where total + Δtotal ≥ 0 (the WHERE).
+_MOVE_BALANCE = """
+UPDATE {table} SET
+    total = total + CAST(%s AS NUMERIC),
+    reserved = CASE
+        WHEN reserved + CAST(%s AS NUMERIC) <= 0 THEN 0
+        WHEN reserved + CAST(%s AS NUMERIC) > total + CAST(%s AS NUMERIC) THEN total + CAST(%s AS NUMERIC)
+        ELSE reserved + CAST(%s AS NUMERIC)
+    END,
+    updated_at = %s
+WHERE account_id = %s AND broker = %s AND asset = %s AND total >= CAST(%s AS NUMERIC)
+"""
+
+
+def _balance_update(sql: str, params: list) -> int:
+    connection = transaction.get_connection()
+    table = connection.ops.quote_name(Balance._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(sql.format(table=table), params)
+        return cursor.rowcount
+
+
+def _now_param():
+    return Balance._meta.get_field("updated_at").get_db_prep_save(
+        timezone.now(), transaction.get_connection()
+    )
+
+
+def _take_reservation(account_id: int, broker: str, asset: str, amount: Decimal) -> bool:
+    """Reserve ``amount`` of the balance when that much is available (total less reserved): one UPDATE,
+    ``False`` when the row is missing or short."""
+    params = [amount, _now_param(), account_id, broker, asset, amount]
+    return _balance_update(_TAKE_RESERVATION, params) == 1
+
+
+def _move_balance(account_id: int, broker: str, asset: str, total: Decimal, reserved: Decimal) -> bool:
+    """Move the total by ``total`` and the reservation by ``reserved`` (kept between zero and the new
+    total) when the total stays non-negative: one UPDATE, ``False`` when the row is missing or short."""
+    params = [
+        total,
+        reserved,
+        reserved,
+        total,
+        total,
+        reserved,
+        _now_param(),
+        account_id,
+        broker,
+        asset,
+        -total,
+    ]
+    return _balance_update(_MOVE_BALANCE, params) == 1
 
 
 def _order_details(order: Order) -> dict:
