@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 import numpy as np
 import pandas as pd
 
+from aether_site.rows import select_rows
 from learning.errors import ArtifactIntegrityError, LearningDataError, ModelIncompatible
 from learning.features import BTC, COLUMNS, WARMUP_BARS, PreparedCandles, features_of, prepare_candles
 from learning.inference import INFERENCE_BARS, predict_latest
@@ -68,9 +69,13 @@ def serving_champion(*, symbol: str, timeframe: int) -> ModelVersion | None:
     """The pair's own champion, else the pooled one (both read in one query; per scope, the one
     :func:`champion_for` returns)."""
     found: dict[str, ModelVersion] = {}
-    for version in ModelVersion.objects.filter(
-        scope__in=(symbol, ModelVersion.POOLED), timeframe=timeframe, status=ModelVersion.Status.CHAMPION
-    ):  # the model's ordering, as champion_for's first()
+    versions = select_rows(  # read on every cycle: ``aether_site.rows``, in the model's ordering
+        ModelVersion,
+        "scope IN (%s, %s) AND timeframe = %s AND status = %s",
+        [symbol, ModelVersion.POOLED, timeframe, ModelVersion.Status.CHAMPION.value],
+        order_by="created_at DESC, id DESC",
+    )
+    for version in versions:  # as champion_for's first(), per scope
         found.setdefault(version.scope, version)
     return found.get(symbol) or found.get(ModelVersion.POOLED)
 

@@ -6,6 +6,7 @@ from datetime import timedelta
 
 from django.conf import settings
 
+from aether_site.rows import select_values
 from trading.fees import FeeRates, published_rates
 from trading.kraken_pairs import common_code
 from trading.models import AccountFeeTier, Candle, Instrument
@@ -50,10 +51,18 @@ def closed_candles(*, instrument: Instrument, timeframe: int, since=None, until=
 def fee_rates_for(*, account, instrument: Instrument) -> FeeRates:
     """The rates an order of ``account`` on ``instrument`` pays: its own TradeVolume answer when recorded,
     else Kraken's published base tier."""
-    tier = AccountFeeTier.objects.filter(account=account, instrument=instrument).first()
-    if tier is None:
+    # One row per account and pair (a unique key), read on every cycle and order: ``aether_site.rows``.
+    tier = select_values(
+        AccountFeeTier,
+        ("maker_pct", "taker_pct"),
+        "account_id = %s AND instrument_id = %s",
+        [account.pk, instrument.pk],
+        limit=1,
+    )
+    if not tier:
         return published_rates()
-    return FeeRates(maker_pct=tier.maker_pct, taker_pct=tier.taker_pct)
+    maker_pct, taker_pct = tier[0]
+    return FeeRates(maker_pct=maker_pct, taker_pct=taker_pct)
 
 
 def stored_run_end(*, instrument: Instrument, timeframe: int, start, end, max_gap: timedelta | None = None):

@@ -40,6 +40,7 @@ from django.utils import timezone
 
 from accounts.models import Account
 from aether_site.caching import BoundedCache
+from aether_site.rows import update_row
 from governance.actors import SystemActor
 from trading.brokers.base import Side
 from trading.clock import platform_now
@@ -223,26 +224,27 @@ def _release(cycles: list[Cycle]) -> None:
         logger.exception("could not release the leases of cycles %s", ", ".join(str(c.pk) for c in cycles))
 
 
+_FINISHED_FIELDS = (
+    "status",
+    "error",
+    "finished_at",
+    "duration_ms",
+    "strategy",
+    "signal",
+    "reason",
+    "probability",
+    "model_version_id",
+    "regime",
+    "decisions",
+)
+
+
 def _finish(cycle: Cycle, *, status: str, started: float, error: str = "") -> Cycle:
     cycle.status = status
     cycle.error = error
     cycle.finished_at = timezone.now()
     cycle.duration_ms = round((time.perf_counter() - started) * 1000, 3)
-    cycle.save(
-        update_fields=[
-            "status",
-            "error",
-            "finished_at",
-            "duration_ms",
-            "strategy",
-            "signal",
-            "reason",
-            "probability",
-            "model_version_id",
-            "regime",
-            "decisions",
-        ]
-    )
+    update_row(cycle, _FINISHED_FIELDS)  # no signals on a cycle row: aether_site.rows
     return cycle
 
 
