@@ -131,7 +131,9 @@ def _select(model, names, where, params, order_by, limit, for_update):
     if limit is not None:
         suffix += f" LIMIT {int(limit)}"
     if for_update and connection.features.has_select_for_update:
-        suffix += " FOR UPDATE"
+        # "no key": FOR NO KEY UPDATE, as select_for_update(no_key=True), where the engine has it.
+        no_key = for_update == "no key" and connection.features.has_select_for_no_key_update
+        suffix += " FOR NO KEY UPDATE" if no_key else " FOR UPDATE"
     sql, attnames, converters = _select_plan(model, connection.vendor, names, where, suffix)
     with connection.cursor() as cursor:
         cursor.execute(sql, list(params))
@@ -156,12 +158,13 @@ def select_rows(
     *,
     order_by: str = "",
     limit: int | None = None,
-    for_update: bool = False,
+    for_update: bool | str = False,
 ) -> list[models.Model]:
     """The ``model`` rows matching ``where`` (SQL on the model's own columns, ``%s`` for ``params``), as
     model instances, ordered by ``order_by`` (SQL; none by default), at most ``limit``. ``for_update``:
-    locked ``FOR UPDATE`` where the engine has row locks (as ``select_for_update()``; SQLite locks the
-    whole database on write)."""
+    locked ``FOR UPDATE`` (``"no key"``: ``FOR NO KEY UPDATE``) where the engine has row locks, as
+    ``select_for_update()`` (SQLite locks the whole database on write). Parameters go to the driver as
+    they are: pass numbers, strings and booleans (a datetime would need the engine's adaptation)."""
     connection, attnames, rows = _select(model, None, where, params, order_by, limit, for_update)
     return [model.from_db(connection.alias, attnames, values) for values in rows]
 

@@ -24,6 +24,7 @@ from prometheus_client import Counter, Gauge
 from accounts.models import Account
 from accounts.selectors import require_director
 from aether_site.caching import BoundedCache
+from aether_site.rows import select_rows
 from governance.actors import SystemActor, actor_label
 from governance.models import AuditEvent
 from governance.services import audit_record
@@ -65,7 +66,10 @@ class HedgeUnavailable(ValidationError):
 
 
 def _lock_account(account: Account) -> Account:
-    return Account.objects.select_for_update(no_key=True).get(pk=account.pk)
+    found = select_rows(Account, "id = %s", [account.pk], limit=1, for_update="no key")
+    if not found:
+        raise Account.DoesNotExist(f"account {account.pk} does not exist")
+    return found[0]
 
 
 def _text(value) -> str | None:
@@ -101,9 +105,9 @@ def _values(policy: HedgePolicy, names) -> dict[str, str | int | None]:
 
 def hedge_policy_for(*, account: Account, actor=POLICY_DEFAULTS) -> HedgePolicy:
     """The account's hedge policy, created with the core's defaults (automatic mode) on first use, audited."""
-    policy = HedgePolicy.objects.filter(account=account).first()
-    if policy is not None:
-        return policy
+    found = select_rows(HedgePolicy, "account_id = %s", [account.pk], limit=1)  # one per account
+    if found:
+        return found[0]
     with transaction.atomic():
         locked = _lock_account(account)
         policy, created = HedgePolicy.objects.get_or_create(account=locked)
@@ -368,7 +372,10 @@ def _inputs(
 
 
 def _last_snapshot(account: Account) -> HedgeSnapshot | None:
-    return HedgeSnapshot.objects.filter(account=account).order_by("-taken_at", "-id").first()
+    found = select_rows(
+        HedgeSnapshot, "account_id = %s", [account.pk], order_by="taken_at DESC, id DESC", limit=1
+    )
+    return found[0] if found else None
 
 
 def _last_rebalance_at(account: Account) -> datetime | None:

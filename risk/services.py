@@ -20,6 +20,7 @@ from prometheus_client import Counter
 
 from accounts.models import Account
 from accounts.selectors import require_director
+from aether_site.rows import select_rows, select_values
 from governance.actors import SystemActor, actor_label
 from governance.services import audit_record
 from risk import engine
@@ -60,7 +61,10 @@ class NavUnavailable(ValidationError):
 
 
 def _lock_account(account: Account) -> Account:
-    return Account.objects.select_for_update(no_key=True).get(pk=account.pk)
+    found = select_rows(Account, "id = %s", [account.pk], limit=1, for_update="no key")
+    if not found:
+        raise Account.DoesNotExist(f"account {account.pk} does not exist")
+    return found[0]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -82,9 +86,9 @@ def _policy_values(policy: RiskPolicy) -> dict[str, str | bool | int | None]:
 
 def risk_policy_for(*, account: Account, actor=POLICY_DEFAULTS) -> RiskPolicy:
     """The account's policy, created with the engine's defaults (and audited) on first use."""
-    policy = RiskPolicy.objects.filter(account=account).first()
-    if policy is not None:
-        return policy
+    found = select_rows(RiskPolicy, "account_id = %s", [account.pk], limit=1)  # one per account
+    if found:
+        return found[0]
     with transaction.atomic():
         locked = _lock_account(account)
         policy, created = RiskPolicy.objects.get_or_create(account=locked)
@@ -195,6 +199,9 @@ def _save_switch(switch: KillSwitch, state_before: dict) -> None:
 
 def _lock_switch(account: Account) -> KillSwitch:
     """The account's switch under a row lock (created armed on first use); the account must be locked."""
+    found = select_rows(KillSwitch, "account_id = %s", [account.pk], limit=1, for_update=True)
+    if found:
+        return found[0]
     switch, _ = KillSwitch.objects.select_for_update().get_or_create(account=account)
     return switch
 
@@ -635,11 +642,14 @@ def nav_mark_book(
     from trading.selectors import fee_rates_for
 
     if cash is None:
-        cash = (
-            Balance.objects.filter(account=account, broker=broker, asset=QUOTE_ASSET)
-            .values_list("total", flat=True)
-            .first()
-        ) or Decimal(0)
+        totals = select_values(  # one row per account, book and asset
+            Balance,
+            ("total",),
+            "account_id = %s AND broker = %s AND asset = %s",
+            [account.pk, broker, QUOTE_ASSET],
+            limit=1,
+        )
+        cash = (totals[0][0] if totals else None) or Decimal(0)
     if positions is None:
         positions = list(
             Position.objects.filter(account=account, broker=broker, quantity__gt=0).select_related(
@@ -697,7 +707,7 @@ def nav_snapshot_record(
         # (it would be refused as out of order), and with the policy as it is now (created with the
         # engine's defaults, audited, on first use).
         now = now or platform_now()
-        policy_row = RiskPolicy.objects.filter(account=locked).first() or risk_policy_for(account=locked)
+        policy_row = risk_policy_for(account=locked)
         policy = policy_row.to_engine()
         broker = book_of(locked)
         book = nav_mark_book(account=locked, broker=broker, quotes=quotes, now=now)

@@ -147,3 +147,17 @@ def test_select_rows_and_values_convert_as_the_orm_does(firm, universe):
     )
     assert ours == orm
     assert [type(value) for value in ours[0]] == [datetime, D, D]
+
+
+@pytest.mark.parametrize(("strength", "clause"), [(True, " FOR UPDATE"), ("no key", " FOR NO KEY UPDATE")])
+def test_select_rows_locks_with_the_strength_asked_where_the_engine_has_row_locks(firm, strength, clause):
+    account = firm.alice_account
+    with transaction.atomic(), CaptureQueriesContext(connection) as captured:
+        (locked,) = select_rows(type(account), "id = %s", [account.pk], limit=1, for_update=strength)
+    assert locked.pk == account.pk
+    assert locked.slug == account.slug
+    sql = captured.captured_queries[-1]["sql"]
+    if connection.vendor == "postgresql":
+        assert sql.endswith(f"LIMIT 1{clause}")
+    else:
+        assert "FOR " not in sql  # SQLite has no row locks (it locks the database on write)
