@@ -16,6 +16,7 @@ import functools
 from collections.abc import Iterable, Sequence
 
 from django.db import connections, models, router
+from django.db.transaction import TransactionManagementError
 
 
 @functools.cache
@@ -63,7 +64,8 @@ def _connection_of(model: type[models.Model]):
 def insert_rows(objects: Sequence[models.Model]) -> None:
     """INSERT ``objects`` (all of one model) in one statement, as ``save()`` of each would: ``auto_now_add``
     and ``auto_now`` set on the objects, a generated key read back into each (``RETURNING``), and each
-    object marked as stored. No signals are sent."""
+    object marked as stored. No signals are sent, and unlike ``save()`` a related object assigned before
+    it was stored is not checked: assign related objects once they have their key."""
     if not objects:
         return
     model = type(objects[0])
@@ -105,14 +107,22 @@ def update_row(obj: models.Model, fields: Iterable[str] | None = None) -> None:
             raise model.DoesNotExist(f"{model._meta.label} {obj.pk}: no stored row to update")
 
 
-@functools.cache
 def _select_plan(
-    model: type[models.Model], vendor: str, names: tuple[str, ...] | None, where: str, suffix: str
+    connection, model: type[models.Model], names: tuple[str, ...] | None, where: str, suffix: str
 ) -> tuple[str, tuple, tuple]:
+    """Kept on the connection (one per thread): the engine's converters are methods of its own ``ops``."""
+    plans = connection.__dict__.setdefault("_aether_select_plans", {})
+    key = (model, names, where, suffix)
+    plan = plans.get(key)
+    if plan is None:
+        plan = plans[key] = _new_select_plan(connection, model, names, where, suffix)
+    return plan
+
+
+def _new_select_plan(connection, model, names, where, suffix) -> tuple[str, tuple, tuple]:
     meta = model._meta
     if meta.parents:
         raise TypeError(f"{meta.label}: multi-table inheritance is not supported here; use the ORM")
-    connection = _connection_of(model)
     quote = connection.ops.quote_name
     fields = tuple(meta.concrete_fields) if names is None else tuple(meta.get_field(name) for name in names)
     columns = ", ".join(quote(field.column) for field in fields)
@@ -131,10 +141,12 @@ def _select(model, names, where, params, order_by, limit, for_update):
     if limit is not None:
         suffix += f" LIMIT {int(limit)}"
     if for_update and connection.features.has_select_for_update:
+        if connection.get_autocommit():  # as the ORM: a lock outside a transaction would end at once
+            raise TransactionManagementError("select_rows(for_update=...) must run inside a transaction")
         # "no key": FOR NO KEY UPDATE, as select_for_update(no_key=True), where the engine has it.
         no_key = for_update == "no key" and connection.features.has_select_for_no_key_update
         suffix += " FOR NO KEY UPDATE" if no_key else " FOR UPDATE"
-    sql, attnames, converters = _select_plan(model, connection.vendor, names, where, suffix)
+    sql, attnames, converters = _select_plan(connection, model, names, where, suffix)
     with connection.cursor() as cursor:
         cursor.execute(sql, list(params))
         rows = cursor.fetchall()

@@ -161,3 +161,13 @@ def test_select_rows_locks_with_the_strength_asked_where_the_engine_has_row_lock
         assert sql.endswith(f"LIMIT 1{clause}")
     else:
         assert "FOR " not in sql  # SQLite has no row locks (it locks the database on write)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_select_rows_refuses_a_lock_outside_a_transaction(firm):
+    from django.db.transaction import TransactionManagementError
+
+    account = firm.alice_account
+    with pytest.raises(TransactionManagementError, match="inside a transaction"):
+        select_rows(type(account), "id = %s", [account.pk], limit=1, for_update=True)

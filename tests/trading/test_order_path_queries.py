@@ -401,3 +401,35 @@ def test_the_written_out_balance_updates_take_clamp_and_refuse_as_the_orm_expres
         assert usd() == (D("0"), D("0"))
         assert not _move_balance(account.pk, "sim", "BTC", D("1"), D("0"))  # no such row
     assert not Balance.objects.filter(account=account, asset="BTC").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_simulator_error_is_raised_even_when_the_intent_cannot_be_recorded_again(
+    firm, universe, audit_transactional_db, monkeypatch
+):
+    """The second error is the cause of the simulator's, which stays the one raised; nothing is stored."""
+    import trading.services.orders as orders
+
+    btc = universe["BTC/USD"]
+    set_price(btc, "50000")
+    account = firm.alice_account
+    sim_balance_set(account=account, asset="USD", amount=D("10000"), actor=firm.owner, reason="test")
+
+    def broken(self, request):
+        raise RuntimeError("simulator down")
+
+    real_record = orders._record
+
+    def record(**kwargs):
+        if kwargs["simulate_with"] is None:
+            raise ValueError("database gone")
+        return real_record(**kwargs)
+
+    monkeypatch.setattr(SimBroker, "submit", broken)
+    monkeypatch.setattr(orders, "_record", record)
+    with pytest.raises(RuntimeError, match="simulator down") as raised:
+        submit(account, btc, "buy")
+    assert isinstance(raised.value.__cause__, ValueError)
+    assert not Order.objects.filter(account=account).exists()
+    assert Balance.objects.get(account=account, broker="sim", asset="USD").reserved == 0
+    assert audit_chain_verify() is None

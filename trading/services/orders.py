@@ -382,9 +382,11 @@ def order_record(
     With ``simulate_with`` (``order_submit`` passes it), an order of a simulated account is handed to the
     simulator inside this same transaction: there is no network call to commit before, and the order
     commits already matched. Should the simulator fail, that transaction rolls back whole, the intent is
-    recorded again on its own (NEW, for reconciliation to close) and the error is raised once it has
-    committed. (A savepoint around the matching would keep the intent too, but costs two round trips on
-    every order for a failure that should never happen.)"""
+    recorded again on its own in a new transaction (NEW, for reconciliation to close; the gates and the
+    reservation are checked again there, so a change in between can record it REJECTED) and the
+    simulator's error is raised once that has committed (with the second error as its cause, should the
+    intent fail to record). A savepoint around the matching would keep the intent too, but costs two
+    round trips on every order for a failure that should never happen."""
     intent = {
         "account": account,
         "actor": actor,
@@ -407,7 +409,11 @@ def order_record(
             failed.error,
             exc_info=failed.error,
         )
-        _record(client_order_id=failed.client_order_id, simulate_with=None, **intent)
+        try:
+            _record(client_order_id=failed.client_order_id, simulate_with=None, **intent)
+        except Exception as again:  # the simulator's error stays the one raised; this one is its cause
+            logger.exception("order %s: the intent could not be recorded again", failed.client_order_id)
+            raise failed.error from again
         raise failed.error from None
 
 
@@ -531,12 +537,15 @@ def _record(
             )
         )
         if simulate and not problems:
-            try:
+            try:  # the matching and every row it adds, its history and audit event included
                 order = _simulate(order, account, actor, simulate_with, position, history, audit)
+                _write_history(history)
+                audit_record_many(audit)
             except Exception as exc:  # this transaction rolls back; order_record records the intent alone
                 raise _SimulatorFailed(client_order_id, exc) from exc
-        _write_history(history)
-        audit_record_many(audit)
+        else:
+            _write_history(history)
+            audit_record_many(audit)
     ORDERS.labels(broker, "rejected" if problems else "recorded").inc()
     return order, True
 
