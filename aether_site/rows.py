@@ -1,7 +1,8 @@
 """SELECT, INSERT and UPDATE of whole model rows with the statement text built once per model.
 
-For the order path only, where one simulated order writes about ten rows and Django's ``Model.save()`` /
-``bulk_create()`` spend more time building each statement than the database spends running it. The
+For the hot paths only — order submission (one simulated order writes about ten rows) and the strategy
+cycle's per-account reads — where Django's ``Model.save()``, ``bulk_create()`` and querysets spent more
+time building each statement than the database spent running it. The
 values go through the same field methods the ORM uses (``pre_save``, so ``auto_now`` and ``auto_now_add``
 hold, then ``get_db_prep_save``; rows read pass through the engine's and the field's converters, as the
 ORM's compiler applies them), and the statements are plain SQL both engines run. What these do not do:
