@@ -39,6 +39,16 @@ def set_price(instrument, price: str) -> None:
     )
 
 
+@pytest.fixture
+def funded(firm, universe, audit_transactional_db):
+    """Alice's simulated account with 10,000 USD and a BTC/USD price of 50,000: ``(account, btc)``."""
+    btc = universe["BTC/USD"]
+    set_price(btc, "50000")
+    account = firm.alice_account
+    sim_balance_set(account=account, asset="USD", amount=D("10000"), actor=firm.owner, reason="test")
+    return account, btc
+
+
 def submit(account, instrument, side: str, quantity: str = "0.01") -> Order:
     return order_submit(
         account=account,
@@ -57,12 +67,9 @@ def statements(captured) -> list[str]:
 
 @pytest.mark.django_db(transaction=True)
 def test_one_simulated_order_in_its_own_transaction_stays_within_the_statement_bound(
-    firm, universe, audit_transactional_db
+    firm, universe, audit_transactional_db, funded
 ):
-    btc = universe["BTC/USD"]
-    set_price(btc, "50000")
-    account = firm.alice_account
-    sim_balance_set(account=account, asset="USD", amount=D("10000"), actor=firm.owner, reason="test")
+    account, btc = funded
     assert submit(account, btc, "buy").status == OrderStatus.FILLED  # creates the position and BTC row
     assert submit(account, btc, "sell").status == OrderStatus.FILLED
     bounds = BOUND.get(connection.vendor, BOUND["postgresql"])
@@ -83,11 +90,10 @@ def test_one_simulated_order_in_its_own_transaction_stays_within_the_statement_b
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_simulated_order_has_the_history_rows_the_signal_wrote(firm, universe, audit_transactional_db):
-    btc = universe["BTC/USD"]
-    set_price(btc, "50000")
-    account = firm.alice_account
-    sim_balance_set(account=account, asset="USD", amount=D("10000"), actor=firm.owner, reason="test")
+def test_a_simulated_order_has_the_history_rows_the_signal_wrote(
+    firm, universe, audit_transactional_db, funded
+):
+    account, btc = funded
     order = submit(account, btc, "buy")
     rows = list(order.history.order_by("history_id"))
     assert [(row.history_type, row.status) for row in rows] == [("+", "NEW"), ("~", "FILLED")]
@@ -112,12 +118,9 @@ def test_a_simulated_order_has_the_history_rows_the_signal_wrote(firm, universe,
 
 @pytest.mark.django_db(transaction=True)
 def test_a_simulator_failure_leaves_the_intent_with_its_own_history_audit_and_reservation(
-    firm, universe, audit_transactional_db, monkeypatch
+    firm, universe, audit_transactional_db, monkeypatch, funded
 ):
-    btc = universe["BTC/USD"]
-    set_price(btc, "50000")
-    account = firm.alice_account
-    sim_balance_set(account=account, asset="USD", amount=D("10000"), actor=firm.owner, reason="test")
+    account, btc = funded
 
     def broken(self, request):
         raise RuntimeError("simulator down")
@@ -248,7 +251,7 @@ def test_the_first_event_checks_deferred_constraints_then_locks_the_chain_then_r
 
 @pytest.mark.django_db(transaction=True)
 def test_the_fee_tier_read_with_the_account_lock_prices_the_reservation_and_the_fill(
-    firm, universe, audit_transactional_db
+    firm, universe, audit_transactional_db, funded
 ):
     from django.conf import settings
 
@@ -256,10 +259,7 @@ def test_the_fee_tier_read_with_the_account_lock_prices_the_reservation_and_the_
     from trading.matching import fee_for
     from trading.models import AccountFeeTier
 
-    btc = universe["BTC/USD"]
-    set_price(btc, "50000")
-    account = firm.alice_account
-    sim_balance_set(account=account, asset="USD", amount=D("10000"), actor=firm.owner, reason="test")
+    account, btc = funded
     published = published_rates()
     default = submit(account, btc, "buy")
     default_fill = default.fills.get()
@@ -295,14 +295,11 @@ def test_the_fee_tier_read_with_the_account_lock_prices_the_reservation_and_the_
 
 @pytest.mark.django_db(transaction=True)
 def test_a_simulated_order_writes_its_two_audit_events_in_one_insert_after_its_other_writes(
-    firm, universe, audit_transactional_db
+    firm, universe, audit_transactional_db, funded
 ):
     """The chain (one lock for the whole platform) is taken by the transaction's last statements: the
     intent's and the fill's events go together, chained, after the order, fill, position and balances."""
-    btc = universe["BTC/USD"]
-    set_price(btc, "50000")
-    account = firm.alice_account
-    sim_balance_set(account=account, asset="USD", amount=D("10000"), actor=firm.owner, reason="test")
+    account, btc = funded
     with CaptureQueriesContext(connection) as captured:
         order = submit(account, btc, "buy")
     assert order.status == OrderStatus.FILLED
@@ -323,7 +320,7 @@ def test_a_simulated_order_writes_its_two_audit_events_in_one_insert_after_its_o
 
 @pytest.mark.django_db(transaction=True)
 def test_a_database_error_while_matching_rolls_the_whole_transaction_back_and_keeps_the_intent(
-    firm, universe, audit_transactional_db, monkeypatch
+    firm, universe, audit_transactional_db, monkeypatch, funded
 ):
     """Without a savepoint, a failed statement inside the matching aborts the intent's transaction (on
     PostgreSQL nothing more runs in it): it rolls back whole and the intent is recorded again, alone."""
@@ -331,10 +328,7 @@ def test_a_database_error_while_matching_rolls_the_whole_transaction_back_and_ke
 
     import trading.services.orders as orders
 
-    btc = universe["BTC/USD"]
-    set_price(btc, "50000")
-    account = firm.alice_account
-    sim_balance_set(account=account, asset="USD", amount=D("10000"), actor=firm.owner, reason="test")
+    account, btc = funded
 
     def broken_store(position, book):
         with connection.cursor() as cursor:
@@ -405,15 +399,12 @@ def test_the_written_out_balance_updates_take_clamp_and_refuse_as_the_orm_expres
 
 @pytest.mark.django_db(transaction=True)
 def test_the_simulator_error_is_raised_even_when_the_intent_cannot_be_recorded_again(
-    firm, universe, audit_transactional_db, monkeypatch
+    firm, universe, audit_transactional_db, monkeypatch, funded
 ):
     """The second error is the cause of the simulator's, which stays the one raised; nothing is stored."""
     import trading.services.orders as orders
 
-    btc = universe["BTC/USD"]
-    set_price(btc, "50000")
-    account = firm.alice_account
-    sim_balance_set(account=account, asset="USD", amount=D("10000"), actor=firm.owner, reason="test")
+    account, btc = funded
 
     def broken(self, request):
         raise RuntimeError("simulator down")
